@@ -1,0 +1,333 @@
+"""The public API: `Embedder.from_pretrained(...)`, `encode`, `encode_query`, `encode_document`, `similarity`.
+
+Mirrors sentence-transformers' embedding API (prompts by task, Matryoshka `dim`, numpy or torch
+outputs) on our own model. Long inputs are sorted by length internally, so batches carry little
+padding, and results come back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from embeddinggemma.checkpoint import DEFAULT_MODEL, CheckpointInfo, load_checkpoint, save_checkpoint
+from embeddinggemma.config import MATRYOSHKA_DIMS, EmbeddingGemmaConfig
+from embeddinggemma.model import EmbeddingGemma
+from embeddinggemma.prompts import PromptTable, document_prompt
+from embeddinggemma.tokenizer import OnTruncation, TextTokenizer
+
+logger = logging.getLogger(__name__)
+
+Output = Literal["numpy", "torch"]
+Texts = str | Iterable[str]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+_FP16_ERROR = (
+    "float16 overflows in Gemma 3 activations (they reach ~8e5, float16 stops at 65504) and gives NaN or "
+    "garbage embeddings; use bfloat16 or float32"
+)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None -> fp32 on CPU, bf16 on CUDA. float16 is refused with the reason."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype in (torch.float16, "float16", "fp16", "half"):
+        raise ValueError(_FP16_ERROR)
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype {dtype} is not supported; use torch.float32 or torch.bfloat16")
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use 'float32' or 'bfloat16'") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    return resolved
+
+
+def as_text_list(texts: Texts, name: str = "texts") -> tuple[list[str], bool]:
+    """(list of texts, whether a single string was given). Non-strings are a TypeError naming the index."""
+    if isinstance(texts, str):
+        return [texts], True
+    if isinstance(texts, bytes | np.ndarray | torch.Tensor) or not isinstance(texts, Iterable):
+        raise TypeError(f"{name} must be a string or a list of strings, got {type(texts).__name__}")
+    items = list(texts)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"{name}[{i}] is {type(item).__name__}, expected str")
+    return items, False
+
+
+class Embedder:
+    """EmbeddingGemma text embeddings.
+
+    >>> model = Embedder.from_pretrained("google/embeddinggemma-300m")
+    >>> q = model.encode_query("Which planet is known as the Red Planet?")
+    >>> d = model.encode_document(["Mars is the Red Planet.", "Venus is Earth's twin."])
+    >>> model.similarity(q, d)
+    """
+
+    def __init__(
+        self,
+        model: EmbeddingGemma,
+        tokenizer: TextTokenizer,
+        prompts: PromptTable,
+        *,
+        source: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.source = source
+        self._warned_dims: set[int] = set()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path = DEFAULT_MODEL,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        *,
+        revision: str | None = None,
+        max_seq_length: int | None = None,
+    ) -> Embedder:
+        """Load a sentence-transformers checkpoint: a hub id (standard HF cache) or a local directory.
+
+        Defaults: fp32 on CPU, bf16 on CUDA; float16 is refused. `max_seq_length` lowers the 2048-token
+        limit (longer inputs are truncated with a warning).
+        """
+        resolved_device = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, resolved_device)
+        model, info = load_checkpoint(name_or_path, dtype=resolved_dtype, device=resolved_device, revision=revision)
+        return cls.from_model(model, info, max_seq_length=max_seq_length)
+
+    @classmethod
+    def from_model(cls, model: EmbeddingGemma, info: CheckpointInfo, *, max_seq_length: int | None = None) -> Embedder:
+        limit = info.config.max_seq_length
+        if max_seq_length is not None:
+            if not 2 <= max_seq_length <= limit:
+                raise ValueError(f"max_seq_length must be between 2 and {limit}, got {max_seq_length}")
+            limit = max_seq_length
+        backbone = info.config.backbone
+        tokenizer_file = info.path / "tokenizer.json"
+        if not tokenizer_file.exists():
+            raise FileNotFoundError(f"{tokenizer_file} is missing; the checkpoint needs its fast tokenizer file")
+        tokenizer = TextTokenizer.from_file(
+            tokenizer_file,
+            max_length=limit,
+            bos_id=backbone.bos_token_id,
+            eos_id=backbone.eos_token_id,
+            pad_id=backbone.pad_token_id,
+            vocab_size=backbone.vocab_size,
+        )
+        return cls(model, tokenizer, PromptTable(info.prompts), source=info.path)
+
+    # -- properties -------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> EmbeddingGemmaConfig:
+        return self.model.config
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    @property
+    def matryoshka_dims(self) -> tuple[int, ...]:
+        """The sizes the model was trained to be truncated to."""
+        dims = tuple(d for d in MATRYOSHKA_DIMS if d <= self.embedding_dim)
+        return dims if self.embedding_dim in MATRYOSHKA_DIMS else (self.embedding_dim,)
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.tokenizer.max_length
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        texts: Texts,
+        *,
+        task: str | None = None,
+        prompt: str | None = None,
+        dim: int | None = None,
+        batch_size: int = 32,
+        normalize: bool = True,
+        output: Output = "numpy",
+        show_progress: bool = False,
+        on_truncation: OnTruncation = "warn",
+    ) -> np.ndarray | torch.Tensor:
+        """Embed texts: (N, dim) for a list, (dim,) for a single string; float32.
+
+        With neither `task` nor `prompt`, no prompt is added (as sentence-transformers' `encode`); use
+        `encode_query` / `encode_document`, or `task=` (see `self.prompts`), for the trained prompts.
+        `dim` keeps the first `dim` Matryoshka dimensions and re-normalises.
+        """
+        items, single = as_text_list(texts)
+        if task is not None and prompt is not None:
+            raise ValueError("pass either task= or prompt=, not both")
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        if task is not None:
+            prompt = self.prompts[task]
+        return self._encode_prompted(
+            [(prompt or "") + text for text in items],
+            single=single,
+            dim=dim,
+            batch_size=batch_size,
+            normalize=normalize,
+            output=output,
+            show_progress=show_progress,
+            on_truncation=on_truncation,
+        )
+
+    def encode_query(self, texts: Texts, *, task: str = "query", **kwargs) -> np.ndarray | torch.Tensor:
+        """Queries with a task prompt (default: retrieval, `task: search result | query: `).
+
+        An explicit `prompt=` replaces the task's prompt.
+        """
+        return self.encode(texts, task=None if "prompt" in kwargs else task, **kwargs)
+
+    def encode_document(
+        self, texts: Texts, titles: Iterable[str | None] | None = None, **kwargs
+    ) -> np.ndarray | torch.Tensor:
+        """Documents with `title: {title} | text: ` (or `title: none | text: ` without a title)."""
+        items, single = as_text_list(texts)
+        if titles is None:
+            title_list: list[str | None] = [None] * len(items)
+        else:
+            title_list = [titles] if single and isinstance(titles, str) else list(titles)
+            if len(title_list) != len(items):
+                raise ValueError(f"got {len(title_list)} titles for {len(items)} texts; pass one per text or None")
+            for i, title in enumerate(title_list):
+                if title is not None and not isinstance(title, str):
+                    raise TypeError(f"titles[{i}] is {type(title).__name__}, expected str or None")
+        prompted = [document_prompt(title) + text for text, title in zip(items, title_list, strict=True)]
+        return self._encode_prompted(prompted, single=single, **kwargs)
+
+    def _encode_prompted(
+        self,
+        texts: Sequence[str],
+        *,
+        single: bool = False,
+        dim: int | None = None,
+        batch_size: int = 32,
+        normalize: bool = True,
+        output: Output = "numpy",
+        show_progress: bool = False,
+        on_truncation: OnTruncation = "warn",
+    ) -> np.ndarray | torch.Tensor:
+        dim = self._check_dim(dim)
+        if output not in ("numpy", "torch"):
+            raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if texts:
+            token_ids = self.tokenizer.encode(texts, on_truncation=on_truncation)
+            embeddings = self.embed_token_ids(token_ids, batch_size=batch_size, show_progress=show_progress)
+        else:
+            embeddings = torch.empty(0, self.embedding_dim)
+        embeddings = finish_embeddings(embeddings, dim, normalize)
+        if single:
+            embeddings = embeddings[0]
+        return embeddings.numpy() if output == "numpy" else embeddings
+
+    @torch.inference_mode()
+    def embed_token_ids(
+        self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 32, show_progress: bool = False
+    ) -> torch.Tensor:
+        """Un-normalised full-width embeddings (N, E), fp32 on CPU, in input order.
+
+        Sorted longest first (padding stays small, and an out-of-memory error shows at the first batch).
+        """
+        from tqdm.auto import tqdm
+
+        order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+        out = torch.empty(len(token_ids), self.embedding_dim, dtype=torch.float32)
+        with tqdm(total=len(order), disable=not show_progress, unit="text", desc="embedding") as bar:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                input_ids, attention_mask = self.tokenizer.pad([token_ids[i] for i in rows])
+                embeddings = self.model(input_ids.to(self.device), attention_mask.to(self.device), normalize=False)
+                out[rows] = embeddings.float().cpu()
+                bar.update(len(rows))
+        return out
+
+    def _check_dim(self, dim: int | None) -> int:
+        if dim is None:
+            return self.embedding_dim
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
+            raise TypeError(f"dim must be an integer, got {type(dim).__name__}")
+        dim = int(dim)
+        if not 1 <= dim <= self.embedding_dim:
+            raise ValueError(
+                f"dim must be between 1 and {self.embedding_dim}, got {dim}; the model was trained for "
+                f"{'/'.join(map(str, self.matryoshka_dims))}"
+            )
+        if dim not in self.matryoshka_dims and dim not in self._warned_dims:
+            self._warned_dims.add(dim)
+            warnings.warn(
+                f"dim={dim} is not one of the trained Matryoshka sizes {self.matryoshka_dims}; the prefix is "
+                "usable but its quality was not trained for",
+                UserWarning,
+                stacklevel=4,
+            )
+        return dim
+
+    # -- similarity and saving --------------------------------------------------------------------
+
+    @staticmethod
+    def similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Cosine similarity matrix (N, M) of two sets of embeddings; returns numpy if `a` is numpy."""
+        ta, tb = (torch.as_tensor(x).float() for x in (a, b))
+        ta, tb = (t.unsqueeze(0) if t.ndim == 1 else t for t in (ta, tb))
+        if ta.ndim != 2 or tb.ndim != 2 or ta.shape[1] != tb.shape[1]:
+            raise ValueError(
+                f"similarity needs two (N, D) arrays with the same D, got {tuple(ta.shape)} and {tuple(tb.shape)}"
+            )
+        scores = F.normalize(ta, dim=-1) @ F.normalize(tb, dim=-1).T
+        return scores.numpy() if isinstance(a, np.ndarray) else scores
+
+    def save(self, path: str | Path) -> Path:
+        """Write the sentence-transformers layout; `SentenceTransformer(path)` loads it."""
+        if self.source is None:
+            raise ValueError("this Embedder was not loaded from a checkpoint; there is no tokenizer to save")
+        return save_checkpoint(self.model, path, tokenizer_dir=self.source, prompts=self.prompts.checkpoint_prompts)
+
+
+def finish_embeddings(embeddings: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
+    """Matryoshka truncation to `dim`, then L2 normalisation (of the truncated vector)."""
+    embeddings = embeddings[:, :dim]
+    return F.normalize(embeddings, dim=-1) if normalize else embeddings.contiguous()

@@ -1,0 +1,60 @@
+"""Attention masks for padded batches, and the SDPA kernel that applies them (doc section 2).
+
+Bidirectional Gemma 3 has two masks:
+- full layers: every query sees every non-padding key;
+- sliding layers: query i sees key j iff |i - j| <= sliding_window // 2 (a symmetric 513-token band for
+  the released model; the first HF release was lopsided, fixed in transformers PR #40700).
+Padding masks keys only. A padded query whose whole band is padding would get an all-masked softmax
+row, i.e. NaN, which leaks into real tokens through 0 * NaN (transformers #45491); we let every query
+see itself, which changes nothing for real tokens (their diagonal is already visible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from embeddinggemma.config import FULL_ATTENTION, SLIDING_ATTENTION, Gemma3TextConfig
+
+# (q (B, H, T, D), k (B, Hkv, T, D), v (B, Hkv, T, D), scale) -> (B, H, T, D)
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def band_mask(length: int, radius: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(T, T) bool: True where |i - j| <= radius."""
+    idx = torch.arange(length, device=device)
+    return (idx[:, None] - idx[None, :]).abs() <= radius
+
+
+def padded_masks(attention_mask: torch.Tensor, config: Gemma3TextConfig) -> dict[str, torch.Tensor]:
+    """Boolean masks (True = attend) for a right-padded batch, per layer type.
+
+    attention_mask: (B, T), 1 for real tokens. Full layers get a (B, 1, 1, T) key mask (broadcast over
+    queries); sliding layers need (B, 1, T, T) only when the batch is longer than the band.
+    """
+    valid = attention_mask.bool()
+    length = valid.shape[1]
+    keys = valid[:, None, None, :]  # (B, 1, 1, T)
+    masks = {FULL_ATTENTION: keys}
+    if length - 1 <= config.window_radius:
+        masks[SLIDING_ATTENTION] = keys  # the band covers the whole batch
+    else:
+        band = band_mask(length, config.window_radius, valid.device)
+        diagonal = torch.eye(length, dtype=torch.bool, device=valid.device)
+        masks[SLIDING_ATTENTION] = (band & keys) | diagonal  # (B, 1, T, T)
+    return masks
+
+
+def sdpa_attention(mask: torch.Tensor | None) -> AttentionFn:
+    """PyTorch SDPA with a boolean mask; K/V heads are shared across query heads (MQA/GQA)."""
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+    return attend
+
+
+def padded_attention(attention_mask: torch.Tensor, config: Gemma3TextConfig) -> dict[str, AttentionFn]:
+    return {kind: sdpa_attention(mask) for kind, mask in padded_masks(attention_mask, config).items()}

@@ -1,0 +1,134 @@
+"""Strict loading: missing, corrupt or mismatched checkpoints fail with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from embeddinggemma import CheckpointError, Embedder, EmbeddingGemmaConfig, Gemma3TextConfig
+from embeddinggemma.checkpoint import resolve_checkpoint
+from embeddinggemma.config import ConfigError
+
+
+@pytest.fixture
+def copy_of(tiny_st_dir, tmp_path) -> Path:
+    target = tmp_path / "ckpt"
+    shutil.copytree(tiny_st_dir, target)
+    return target
+
+
+def test_missing_directory():
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Embedder.from_pretrained("./no/such/dir")
+
+
+def test_file_instead_of_directory(copy_of):
+    with pytest.raises(CheckpointError, match="is a file"):
+        resolve_checkpoint(copy_of / "config.json")
+
+
+def test_hub_id_not_cached_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"not in the local Hugging Face cache.*hf download"):
+        resolve_checkpoint("someone/not-downloaded")
+
+
+def test_missing_tensor_is_named(copy_of):
+    tensors = load_file(copy_of / "model.safetensors")
+    del tensors["layers.1.mlp.up_proj.weight"]
+    save_file(tensors, copy_of / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing: layers\.1\.mlp\.up_proj\.weight"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_extra_tensor_is_named(copy_of):
+    tensors = load_file(copy_of / "model.safetensors")
+    tensors["lm_head.weight"] = torch.zeros(2, 2)
+    save_file(tensors, copy_of / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"unexpected: lm_head\.weight"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_shape_mismatch_is_named(copy_of):
+    tensors = load_file(copy_of / "2_Dense" / "model.safetensors")
+    tensors["linear.weight"] = tensors["linear.weight"][:, :10].contiguous()
+    save_file(tensors, copy_of / "2_Dense" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"shape mismatch: linear\.weight: file \(80, 10\) vs model \(80, 48\)"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_truncated_weights_file(copy_of):
+    data = (copy_of / "model.safetensors").read_bytes()
+    (copy_of / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_corrupt_json(copy_of):
+    (copy_of / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config.json is not valid JSON"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_missing_modules_json_says_why(copy_of):
+    (copy_of / "modules.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no modules.json.*Dense layers"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_missing_dense_weights(copy_of):
+    (copy_of / "3_Dense" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"no model.safetensors"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_missing_tokenizer(copy_of):
+    (copy_of / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tokenizer.json is missing"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_wrong_pooling(copy_of):
+    (copy_of / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "cls"}))
+    with pytest.raises(CheckpointError, match="not mean pooling"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_causal_config_is_refused(copy_of):
+    config = json.loads((copy_of / "config.json").read_text())
+    config["use_bidirectional_attention"] = False
+    (copy_of / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="causal"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_config_round_trip_both_hf_layouts():
+    config = EmbeddingGemmaConfig().backbone
+    assert Gemma3TextConfig.from_hf_dict(config.to_hf_dict()) == config
+    v5 = config.to_hf_dict()
+    v5["rope_parameters"] = {
+        "full_attention": {"rope_theta": 5.0, "rope_type": "default"},
+        "sliding_attention": {"rope_theta": 7.0, "rope_type": "default"},
+    }
+    parsed = Gemma3TextConfig.from_hf_dict(v5)
+    assert (parsed.rope_theta, parsed.rope_local_base_freq) == (5.0, 7.0)
+    with pytest.raises(ConfigError, match="rope_type 'linear'"):
+        Gemma3TextConfig.from_hf_dict(v5 | {"rope_parameters": {"full_attention": {"rope_type": "linear"}}})
+
+
+def test_real_size_parameter_count():
+    from embeddinggemma import EmbeddingGemma
+
+    with torch.device("meta"):
+        model = EmbeddingGemma(EmbeddingGemmaConfig.embeddinggemma_300m())
+    assert sum(p.numel() for p in model.parameters()) == 307_581_696
