@@ -1,0 +1,35 @@
+"""Evaluation: metrics, data formats, a runner with Matryoshka dims, and a local benchmark suite.
+
+Layout (dependency order):
+
+* ``metrics``: retrieval (nDCG/MRR/Recall/MAP as trec_eval and MTEB compute them), STS, bitext.
+* ``data``: BEIR-style JSONL/TSV loaders that fail with file:line, and :class:`TaskSpec`.
+* ``runner``: encode once at full width, score every dim; results JSON. ``report``: markdown.
+* ``local_suite``: build the offline suite from pinned Debian packages (``suite_sources``:
+  the pins and the partition rule that keeps training data disjoint from it).
+
+Nothing here imports mteb; the MTEB adapter lives in ``mteb_adapter``.
+"""
+
+from __future__ import annotations
+
+from embeddinggemma.eval.data import TaskSpec, load_task
+from embeddinggemma.eval.metrics import bitext_scores, retrieval_scores, sts_scores
+from embeddinggemma.eval.report import compare_results, results_markdown
+from embeddinggemma.eval.runner import evaluate_suite, evaluate_task, load_results, write_results
+from embeddinggemma.eval.suite_sources import in_suite_partition
+
+__all__ = [
+    "TaskSpec",
+    "bitext_scores",
+    "compare_results",
+    "evaluate_suite",
+    "evaluate_task",
+    "in_suite_partition",
+    "load_results",
+    "load_task",
+    "results_markdown",
+    "retrieval_scores",
+    "sts_scores",
+    "write_results",
+]

@@ -1,0 +1,1 @@
+"""Shared pieces of the evaluation tests (markers are registered in pyproject.toml)."""
