@@ -304,6 +304,13 @@ def save_checkpoint(
     prompts: Mapping[str, str],
 ) -> Path:
     """Write the sentence-transformers layout (weights in the model's current dtype)."""
+    with torch.device("meta"):
+        reference = EmbeddingGemma(model.config)
+    if set(reference.state_dict()) != set(model.state_dict()):
+        raise ValueError(
+            "cannot save a quantized model in the sentence-transformers layout (it holds float weights); "
+            "save the float model, and quantize after loading with quantize='int8'"
+        )
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     config = model.config

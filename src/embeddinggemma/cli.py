@@ -87,60 +87,67 @@ def read_records(
         yield {"text": record[text_field], "title": title, "id": record.get(id_field)}
 
 
-def _write_jsonl(path: str, records: Sequence[dict[str, Any]], embeddings) -> None:
-    out = sys.stdout if path == "-" else open(path, "w", encoding="utf-8")  # noqa: SIM115
-    try:
-        for index, (record, vector) in enumerate(zip(records, embeddings, strict=True)):
-            row = {"index": index} | ({"id": record["id"]} if record["id"] is not None else {})
-            row["embedding"] = [round(float(x), 7) for x in vector]
-            out.write(json.dumps(row) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
-
-
 def cmd_embed(args: argparse.Namespace) -> int:
-    import numpy as np
+    """Stream texts from the input into the output: memory stays bounded whatever the corpus size."""
+    from collections import deque
 
-    output = args.output
-    if output != "-" and not output.endswith((".npy", ".jsonl", ".ndjson")):
-        raise UsageError(f"output {output!r}: use a .npy or .jsonl file name, or - for JSONL on stdout")
-    stream = _open_input(args.input)
-    try:
-        fmt = _input_format(args.input, args.format)
-        records = list(read_records(stream, fmt, args.text_field, args.title_field, args.id_field))
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-    if not records:
-        raise UsageError("no input texts (the input is empty)")
-    texts = [r["text"] for r in records]
-    titles = [r["title"] for r in records]
-    if any(titles) and args.task != "document":
-        raise UsageError(f"titles are only used with --task document (got --task {args.task}); drop the titles")
-    empty = sum(1 for t in texts if not t.strip())
-    if empty:
-        print(
-            f"warning: {empty} empty input line(s) are embedded as empty texts, keeping the output aligned",
-            file=sys.stderr,
-        )
+    from embeddinggemma.writers import open_writer
+
+    if args.output != "-" and not args.output.endswith((".npy", ".jsonl", ".ndjson")):
+        raise UsageError(f"output {args.output!r}: use a .npy or .jsonl file name, or - for JSONL on stdout")
+    source = _open_input(args.input)
+    fmt = _input_format(args.input, args.format)
+    ids: deque = deque()  # filled by the tokenising thread, drained here as blocks arrive (thread-safe)
+    titles: deque = deque()
+    counts = {"texts": 0, "empty": 0}
+    is_document = args.task == "document"
+
+    def texts():
+        for record in read_records(source, fmt, args.text_field, args.title_field, args.id_field):
+            if record["title"] is not None and not is_document:
+                raise UsageError(f"titles are only used with --task document (got --task {args.task}); drop them")
+            counts["texts"] += 1
+            counts["empty"] += not record["text"].strip()
+            ids.append(record["id"])
+            titles.append(record["title"])
+            yield record["text"]
+
+    def titles_in_step():  # zipped with texts() inside encode_stream: each next() follows one text
+        while titles:
+            yield titles.popleft()
 
     embedder = load_embedder(args)
-    common = dict(
+    blocks = embedder.encode_stream(
+        texts(),
+        titles=titles_in_step() if is_document else None,
+        task=None if is_document else args.task,
         dim=args.dim,
         batch_size=args.batch_size,
         show_progress=not args.no_progress,
         on_truncation=args.on_truncation,
     )
-    if args.task == "document":
-        embeddings = embedder.encode_document(texts, titles=titles, **common)
-    else:
-        embeddings = embedder.encode(texts, task=args.task, **common)
-    if output.endswith(".npy"):
-        np.save(output, embeddings.astype(np.float32))
-    else:
-        _write_jsonl(output, records, embeddings)
-    print(f"embedded {len(texts)} texts -> {output} ({embeddings.shape[1]} dims)", file=sys.stderr)
+    writer = open_writer(args.output, args.dim or embedder.embedding_dim)
+    try:
+        for block in blocks:
+            writer.write(block, [ids.popleft() for _ in range(len(block))])
+        if counts["texts"] == 0:
+            raise UsageError("no input texts (the input is empty)")
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if source is not sys.stdin:
+            source.close()
+    writer.close()
+    if counts["empty"]:
+        print(
+            f"warning: {counts['empty']} empty input line(s) were embedded as empty texts, keeping the output aligned",
+            file=sys.stderr,
+        )
+    print(
+        f"embedded {counts['texts']} texts -> {args.output} ({args.dim or embedder.embedding_dim} dims)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -244,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     add_model_options(info)
     info.set_defaults(func=cmd_info)
+    __import__("embeddinggemma.eval.cli", fromlist=["add_eval_parser"]).add_eval_parser(sub)
+    __import__("embeddinggemma.train.cli", fromlist=["add_train_parser"]).add_train_parser(sub)
+    __import__("embeddinggemma.train.cli", fromlist=["add_soup_parser"]).add_soup_parser(sub)
     return parser
 
 

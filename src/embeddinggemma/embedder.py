@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -19,13 +19,16 @@ import torch.nn.functional as F
 
 from embeddinggemma.checkpoint import DEFAULT_MODEL, CheckpointInfo, load_checkpoint, save_checkpoint
 from embeddinggemma.config import MATRYOSHKA_DIMS, EmbeddingGemmaConfig
+from embeddinggemma.engine.runners import PackedRunner, PaddedRunner, Runner
+from embeddinggemma.engine.stream import chunked, prefetch_map
 from embeddinggemma.model import EmbeddingGemma
 from embeddinggemma.prompts import PromptTable, document_prompt
-from embeddinggemma.tokenizer import OnTruncation, TextTokenizer
+from embeddinggemma.tokenizer import BaseTokenizer, OnTruncation, SentencePieceTokenizer, TextTokenizer
 
 logger = logging.getLogger(__name__)
 
 Output = Literal["numpy", "torch"]
+TokenizerBackend = Literal["auto", "tokenizers", "sentencepiece"]
 Texts = str | Iterable[str]
 
 _DTYPES = {
@@ -90,15 +93,17 @@ class Embedder:
     def __init__(
         self,
         model: EmbeddingGemma,
-        tokenizer: TextTokenizer,
+        tokenizer: BaseTokenizer,
         prompts: PromptTable,
         *,
         source: Path | None = None,
+        runner: Runner | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.source = source
+        self.runner = runner or default_runner(model, tokenizer.pad_id)
         self._warned_dims: set[int] = set()
 
     @classmethod
@@ -110,37 +115,84 @@ class Embedder:
         *,
         revision: str | None = None,
         max_seq_length: int | None = None,
+        quantize: str | None = None,
+        tokenizer: TokenizerBackend = "auto",
+        engine: str = "auto",
+        num_threads: int | None = None,
+        **engine_options,
     ) -> Embedder:
         """Load a sentence-transformers checkpoint: a hub id (standard HF cache) or a local directory.
 
-        Defaults: fp32 on CPU, bf16 on CUDA; float16 is refused. `max_seq_length` lowers the 2048-token
-        limit (longer inputs are truncated with a warning).
+        - `device`/`dtype`: defaults fp32 on CPU, bf16 on CUDA; float16 is refused.
+        - `max_seq_length` lowers the 2048-token limit (longer inputs are truncated with a warning).
+        - `quantize="int8"`: the on-device CPU path (SmoothQuant int8 layers, int8 memory-mapped
+          embedding table, converted once into a cache; see `embeddinggemma.quant`).
+        - `tokenizer`: "tokenizers" (tokenizer.json, the reference), "sentencepiece" (tokenizer.model,
+          same ids, ~300 MB less peak memory) or "auto" (sentencepiece with `quantize`, else tokenizers).
+        - `engine`: "padded" (sorted, padded batches), "packed" (no padding; FlexAttention on CUDA) or
+          "auto" (packed on CUDA, padded on CPU); `engine_options` go to the runner
+          (`max_batch_tokens`, and for packed `attention`, `compile`).
+        - `num_threads` sets PyTorch's intra-op threads (process-wide).
         """
+        if num_threads is not None:
+            if num_threads < 1:
+                raise ValueError(f"num_threads must be positive, got {num_threads}")
+            torch.set_num_threads(num_threads)
         resolved_device = resolve_device(device)
-        resolved_dtype = resolve_dtype(dtype, resolved_device)
-        model, info = load_checkpoint(name_or_path, dtype=resolved_dtype, device=resolved_device, revision=revision)
-        return cls.from_model(model, info, max_seq_length=max_seq_length)
+        if quantize is not None:
+            from embeddinggemma.quant.convert import SCHEMES, load_int8_checkpoint
+
+            if quantize not in SCHEMES:
+                raise ValueError(f"unknown quantize={quantize!r}; available: {', '.join(SCHEMES)}")
+            if resolved_device.type != "cpu" or dtype not in (None, "float32", "fp32", torch.float32):
+                raise ValueError("quantize='int8' is the CPU path: use device='cpu' and leave dtype unset")
+            model, info = load_int8_checkpoint(name_or_path, revision=revision)
+        else:
+            resolved_dtype = resolve_dtype(dtype, resolved_device)
+            model, info = load_checkpoint(name_or_path, dtype=resolved_dtype, device=resolved_device, revision=revision)
+        if tokenizer == "auto":
+            tokenizer = "sentencepiece" if quantize and _sentencepiece_available(info.path) else "tokenizers"
+        return cls.from_model(
+            model, info, max_seq_length=max_seq_length, tokenizer=tokenizer, engine=engine, **engine_options
+        )
 
     @classmethod
-    def from_model(cls, model: EmbeddingGemma, info: CheckpointInfo, *, max_seq_length: int | None = None) -> Embedder:
+    def from_model(
+        cls,
+        model: EmbeddingGemma,
+        info: CheckpointInfo,
+        *,
+        max_seq_length: int | None = None,
+        tokenizer: TokenizerBackend = "tokenizers",
+        engine: str = "auto",
+        **engine_options,
+    ) -> Embedder:
         limit = info.config.max_seq_length
         if max_seq_length is not None:
             if not 2 <= max_seq_length <= limit:
                 raise ValueError(f"max_seq_length must be between 2 and {limit}, got {max_seq_length}")
             limit = max_seq_length
         backbone = info.config.backbone
-        tokenizer_file = info.path / "tokenizer.json"
-        if not tokenizer_file.exists():
-            raise FileNotFoundError(f"{tokenizer_file} is missing; the checkpoint needs its fast tokenizer file")
-        tokenizer = TextTokenizer.from_file(
-            tokenizer_file,
+        limits = dict(
             max_length=limit,
             bos_id=backbone.bos_token_id,
             eos_id=backbone.eos_token_id,
             pad_id=backbone.pad_token_id,
             vocab_size=backbone.vocab_size,
         )
-        return cls(model, tokenizer, PromptTable(info.prompts), source=info.path)
+        if tokenizer == "sentencepiece":
+            if not (info.path / "tokenizer.model").exists():
+                raise FileNotFoundError(f"{info.path / 'tokenizer.model'} is missing; use tokenizer='tokenizers'")
+            text_tokenizer: BaseTokenizer = SentencePieceTokenizer.from_checkpoint(info.path, **limits)
+        elif tokenizer == "tokenizers":
+            tokenizer_file = info.path / "tokenizer.json"
+            if not tokenizer_file.exists():
+                raise FileNotFoundError(f"{tokenizer_file} is missing; the checkpoint needs its fast tokenizer file")
+            text_tokenizer = TextTokenizer.from_file(tokenizer_file, **limits)
+        else:
+            raise ValueError(f"tokenizer must be 'auto', 'tokenizers' or 'sentencepiece', got {tokenizer!r}")
+        runner = default_runner(model, backbone.pad_token_id, engine, **engine_options)
+        return cls(model, text_tokenizer, PromptTable(info.prompts), source=info.path, runner=runner)
 
     # -- properties -------------------------------------------------------------------------------
 
@@ -237,6 +289,59 @@ class Embedder:
         prompted = [document_prompt(title) + text for text, title in zip(items, title_list, strict=True)]
         return self._encode_prompted(prompted, single=single, **kwargs)
 
+    def encode_stream(
+        self,
+        texts: Iterable[str],
+        *,
+        titles: Iterable[str | None] | None = None,
+        task: str | None = None,
+        prompt: str | None = None,
+        dim: int | None = None,
+        batch_size: int = 32,
+        chunk_size: int = 4096,
+        normalize: bool = True,
+        show_progress: bool = False,
+        on_truncation: OnTruncation = "warn",
+    ) -> Iterator[np.ndarray]:
+        """Embed an iterable of any length with bounded memory: yields float32 blocks (<= chunk_size, dim)
+        in input order.
+
+        `titles` (an iterable aligned with `texts`) selects the document prompt as in `encode_document`;
+        otherwise `task`/`prompt` as in `encode`. The next chunk is tokenised in a background thread
+        while the model embeds the current one.
+        """
+        from tqdm.auto import tqdm
+
+        if isinstance(texts, str):
+            raise TypeError("encode_stream takes an iterable of strings; use encode() for a single string")
+        dim = self._check_dim(dim)
+        if titles is not None and (task not in (None, "document") or prompt is not None):
+            raise ValueError("titles select the document prompt; do not combine them with another task or prompt")
+        if task is not None and prompt is not None:
+            raise ValueError("pass either task= or prompt=, not both")
+        fixed_prompt = "" if task is None and prompt is None else (prompt if prompt is not None else self.prompts[task])
+        pairs = zip(texts, titles, strict=True) if titles is not None else ((t, None) for t in texts)
+        offset = 0
+
+        def tokenize(chunk: list[tuple[str, str | None]]) -> list[list[int]]:
+            nonlocal offset
+            for i, (text, title) in enumerate(chunk):
+                if not isinstance(text, str):
+                    raise TypeError(f"texts[{offset + i}] is {type(text).__name__}, expected str")
+                if title is not None and not isinstance(title, str):
+                    raise TypeError(f"titles[{offset + i}] is {type(title).__name__}, expected str or None")
+            offset += len(chunk)
+            if titles is not None:
+                prompted = [document_prompt(title) + text for text, title in chunk]
+            else:
+                prompted = [fixed_prompt + text for text, _ in chunk]
+            return self.tokenizer.encode(prompted, on_truncation=on_truncation)
+
+        with tqdm(disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
+            for token_ids in prefetch_map(tokenize, chunked(pairs, chunk_size)):
+                embeddings = self.runner.embed(token_ids, max_texts=batch_size, progress=bar.update)
+                yield finish_embeddings(embeddings, dim, normalize).numpy()
+
     def _encode_prompted(
         self,
         texts: Sequence[str],
@@ -264,26 +369,14 @@ class Embedder:
             embeddings = embeddings[0]
         return embeddings.numpy() if output == "numpy" else embeddings
 
-    @torch.inference_mode()
     def embed_token_ids(
         self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 32, show_progress: bool = False
     ) -> torch.Tensor:
-        """Un-normalised full-width embeddings (N, E), fp32 on CPU, in input order.
-
-        Sorted longest first (padding stays small, and an out-of-memory error shows at the first batch).
-        """
+        """Un-normalised full-width embeddings (N, E), fp32 on CPU, in input order."""
         from tqdm.auto import tqdm
 
-        order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
-        out = torch.empty(len(token_ids), self.embedding_dim, dtype=torch.float32)
-        with tqdm(total=len(order), disable=not show_progress, unit="text", desc="embedding") as bar:
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                input_ids, attention_mask = self.tokenizer.pad([token_ids[i] for i in rows])
-                embeddings = self.model(input_ids.to(self.device), attention_mask.to(self.device), normalize=False)
-                out[rows] = embeddings.float().cpu()
-                bar.update(len(rows))
-        return out
+        with tqdm(total=len(token_ids), disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
+            return self.runner.embed(token_ids, max_texts=batch_size, progress=bar.update)
 
     def _check_dim(self, dim: int | None) -> int:
         if dim is None:
@@ -325,6 +418,23 @@ class Embedder:
         if self.source is None:
             raise ValueError("this Embedder was not loaded from a checkpoint; there is no tokenizer to save")
         return save_checkpoint(self.model, path, tokenizer_dir=self.source, prompts=self.prompts.checkpoint_prompts)
+
+
+def _sentencepiece_available(directory: Path) -> bool:
+    import importlib.util
+
+    return (directory / "tokenizer.model").exists() and importlib.util.find_spec("sentencepiece") is not None
+
+
+def default_runner(model: EmbeddingGemma, pad_id: int, engine: str = "auto", **options) -> Runner:
+    """`auto`: packed FlexAttention batches on CUDA (no padding waste), sorted padded batches on CPU."""
+    if engine == "auto":
+        engine = "packed" if model.device.type == "cuda" else "padded"
+    if engine == "padded":
+        return PaddedRunner(model, pad_id=pad_id, **options)
+    if engine == "packed":
+        return PackedRunner(model, pad_id=pad_id, **options)
+    raise ValueError(f"engine must be 'auto', 'padded' or 'packed', got {engine!r}")
 
 
 def finish_embeddings(embeddings: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:

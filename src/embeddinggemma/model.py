@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from embeddinggemma.config import EmbeddingGemmaConfig, Gemma3TextConfig
 from embeddinggemma.masks import AttentionFn, padded_attention
+from embeddinggemma.packing import PackedBatch, packed_dense_attention
 
 
 class RMSNorm(nn.Module):
@@ -231,6 +232,21 @@ class EmbeddingGemma(nn.Module):
             padded_attention(attention_mask, self.encoder.config),
         )
         return self.project(mean_pool(hidden, attention_mask), normalize)
+
+    def forward_packed(
+        self,
+        batch: PackedBatch,
+        attend: Mapping[str, AttentionFn] | None = None,
+        normalize: bool | None = None,
+    ) -> torch.Tensor:
+        """Packed texts (no padding) -> embeddings (S, E), one per text.
+
+        `attend` defaults to the dense reference masks; the engine passes fused kernels (FlexAttention).
+        """
+        attend = attend if attend is not None else packed_dense_attention(batch, self.encoder.config)
+        hidden = self.encoder(batch.input_ids, batch.position_ids, attend)[0]  # (N, C)
+        pooled = segment_mean_pool(hidden, batch.segment_ids, batch.num_texts + 1)[: batch.num_texts]
+        return self.project(pooled, normalize)
 
 
 def padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
