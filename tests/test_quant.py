@@ -14,6 +14,7 @@ from embeddinggemma import Embedder
 from embeddinggemma.quant import convert
 from embeddinggemma.quant.convert import calibrate_and_quantize_, load_int8_checkpoint, quantize_model_
 from embeddinggemma.quant.int8 import Int8DynamicLinear, Int8Embedding, quantize_rows
+from embeddinggemma.quant.safetensors_io import RowFile
 from embeddinggemma.quant.smooth import CALIBRATION_TEXTS, activation_absmax, smooth_
 
 TEXTS = ["red planet", "mars is the red planet and venus is a planet " * 4, "sort the list by key", ""]
@@ -26,6 +27,20 @@ def tiny(tiny_st_dir) -> Embedder:
 
 def _with_model(embedder: Embedder, model) -> Embedder:
     return Embedder(model, embedder.tokenizer, embedder.prompts, source=embedder.source)
+
+
+def test_token_buckets_give_per_token_precision():
+    """Rows of very different magnitude: one scale for all loses the small rows; buckets keep them."""
+    linear = torch.nn.Linear(64, 32, bias=False)
+    x = torch.randn(6, 64)
+    x[0] *= 1e4  # a BOS-like outlier row
+    exact = linear(x).detach()
+    one_scale = Int8DynamicLinear.from_linear(linear)(x)
+    bucketed = Int8DynamicLinear.from_linear(linear, token_buckets=1.0)(x)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(bucketed[1:], exact[1:]).min() > 0.99
+    assert cos(one_scale[1:], exact[1:]).min() < 0.9
+    torch.testing.assert_close(bucketed[0], exact[0], rtol=0.05, atol=float(exact[0].abs().max()) * 0.05)
 
 
 def test_quantize_rows_round_trip():
@@ -60,7 +75,8 @@ def test_smoothing_is_exact_in_fp32(tiny):
 
 def test_int8_model_close_to_fp32(tiny):
     quantized = calibrate_and_quantize_(copy.deepcopy(tiny.model), tiny.tokenizer)
-    assert isinstance(quantized.encoder.layers[0].mlp.down_proj, Int8DynamicLinear)
+    assert quantized.encoder.layers[0].mlp.up_proj.token_buckets is None
+    assert quantized.encoder.layers[0].mlp.down_proj.token_buckets == 1.0, "down_proj: per-token scales"
     assert isinstance(quantized.encoder.embed_tokens, Int8Embedding)
     assert isinstance(quantized.dense[0], torch.nn.Linear), "the head stays fp32"
     cosine = (_with_model(tiny, quantized).encode(TEXTS) * tiny.encode(TEXTS)).sum(1)
@@ -77,8 +93,13 @@ def test_int8_cache_is_built_once_and_reused(tiny_st_dir, tiny, tmp_path, monkey
     np.testing.assert_allclose(
         _with_model(tiny, model).encode(TEXTS), _with_model(tiny, expected).encode(TEXTS), atol=1e-6
     )
-    # the table is memory-mapped from the cache file, not copied into the process
-    assert not model.encoder.embed_tokens.q.numpy().flags.owndata
+    # the table stays in the cache file; lookups read rows on demand
+    table = model.encoder.embed_tokens.q
+    assert isinstance(table, RowFile)
+    ids = torch.tensor([[5, 0, 98, 5], [3, 3, 1, 2]])
+    torch.testing.assert_close(table.gather(ids), expected.encoder.embed_tokens.q[ids])
+    with pytest.raises(IndexError, match="row ids must lie in"):
+        table.gather(torch.tensor([99]))
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cache should have been reused")

@@ -147,6 +147,8 @@ class Embedder:
             if resolved_device.type != "cpu" or dtype not in (None, "float32", "fp32", torch.float32):
                 raise ValueError("quantize='int8' is the CPU path: use device='cpu' and leave dtype unset")
             model, info = load_int8_checkpoint(name_or_path, revision=revision)
+            # small batches bound activation memory; on CPU they cost no throughput
+            engine_options.setdefault("max_batch_tokens", 1024)
         else:
             resolved_dtype = resolve_dtype(dtype, resolved_device)
             model, info = load_checkpoint(name_or_path, dtype=resolved_dtype, device=resolved_device, revision=revision)

@@ -129,7 +129,15 @@ class Gemma3Encoder(nn.Module):
     def __init__(self, config: Gemma3TextConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        # nn.Embedding's own init on the meta device imports ~800 modules (+70 MB resident), which the
+        # low-memory int8 load cannot afford; initialise explicitly, and only real tensors.
+        weight = torch.empty(config.vocab_size, config.hidden_size)
+        if weight.device.type != "meta":
+            nn.init.normal_(weight)
+            weight[config.pad_token_id].zero_()
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id, _weight=weight
+        )
         self.layers = nn.ModuleList(EncoderLayer(config, t) for t in config.layer_types)
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False

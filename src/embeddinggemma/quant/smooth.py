@@ -36,7 +36,8 @@ CALIBRATION_TEXTS = (
     "title: Photosynthesis | text: Photosynthesis is the process by which green plants and some other organisms "
     "use sunlight to synthesize foods from carbon dioxide and water, generating oxygen as a by-product.",
     "title: none | text: def merge_sorted(a, b):\n    out, i, j = [], 0, 0\n    while i < len(a) and j < len(b):\n"
-    "        if a[i] <= b[j]:\n            out.append(a[i]); i += 1\n        else:\n            out.append(b[j]); j += 1\n"
+    "        if a[i] <= b[j]:\n            out.append(a[i]); i += 1\n"
+    "        else:\n            out.append(b[j]); j += 1\n"
     "    return out + a[i:] + b[j:]",
     "title: none | text: SELECT customer_id, SUM(amount) AS total FROM orders WHERE created_at >= '2024-01-01' "
     "GROUP BY customer_id ORDER BY total DESC LIMIT 10;",
@@ -98,8 +99,15 @@ def _factor(act: torch.Tensor, weight_absmax: torch.Tensor, alpha: float) -> tor
 
 
 @torch.no_grad()
-def smooth_(model: EmbeddingGemma, stats: list[dict[str, torch.Tensor]], alpha: float = 0.5) -> None:
-    """Fold SmoothQuant factors into the model in place; fp32 outputs stay the same up to rounding."""
+def smooth_(
+    model: EmbeddingGemma, stats: list[dict[str, torch.Tensor]], alpha: float = 0.5, include_down_proj: bool = True
+) -> None:
+    """Fold SmoothQuant factors into the model in place; fp32 outputs stay the same up to rounding.
+
+    `include_down_proj=False` leaves down_proj's input alone: its outliers are per token rather than
+    per channel (handled by per-token scales instead), and moving them into up_proj only makes up_proj
+    harder to quantize.
+    """
     for layer, act in zip(model.encoder.layers, stats, strict=True):
         attention, mlp = layer.self_attn, layer.mlp
         qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
@@ -124,9 +132,10 @@ def smooth_(model: EmbeddingGemma, stats: list[dict[str, torch.Tensor]], alpha: 
         for linear in gate_up:
             linear.weight.mul_(s)
 
-        s = _factor(act["down_in"], mlp.down_proj.weight.abs().amax(0), alpha)
-        mlp.up_proj.weight.div_(s[:, None])
-        mlp.down_proj.weight.mul_(s)
+        if include_down_proj:
+            s = _factor(act["down_in"], mlp.down_proj.weight.abs().amax(0), alpha)
+            mlp.up_proj.weight.div_(s[:, None])
+            mlp.down_proj.weight.mul_(s)
 
 
 def _fold_into_norm(norm: nn.Module, factor: torch.Tensor) -> None:
