@@ -127,8 +127,8 @@ def real_checkpoint_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def real_embedder():
-    """The released model in fp32 on CPU. Skips without the weights, except in CI where they are required."""
+def real_snapshot() -> Path:
+    """The released checkpoint's directory. Skips without the weights, except in CI where they are required."""
     if not real_checkpoint_available():
         if os.environ.get("EMBEDDINGGEMMA_REQUIRE_WEIGHTS") == "1":
             pytest.fail(
@@ -136,6 +136,19 @@ def real_embedder():
                 "run ../shared/bin/provision-embeddinggemma"
             )
         pytest.skip(f"{REAL_MODEL} not in the local Hugging Face cache (hf download {REAL_MODEL})")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(REAL_MODEL, local_files_only=True))
+
+
+@pytest.fixture(scope="session")
+def real_embedder(real_snapshot: Path):
+    """The released model in fp32 on CPU (skips or fails like ``real_snapshot``)."""
     from embeddinggemma import Embedder
 
     return Embedder.from_pretrained(REAL_MODEL, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_prompts() -> dict[str, str]:
+    return dict(TINY_PROMPTS)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_PROMPTS
 from embeddinggemma import Embedder, load_encoder
 from embeddinggemma.masks import padded_attention
 from embeddinggemma.model import padded_position_ids
@@ -82,11 +81,11 @@ def test_pipeline_matches_sentence_transformers(tiny_pair):
     np.testing.assert_allclose(ours.encode(TEXTS, task="STS"), st.encode(TEXTS, prompt_name="STS"), atol=2e-6)
 
 
-def test_titles_match_sentence_transformers_prompt(tiny_pair):
+def test_titles_match_sentence_transformers_prompt(tiny_pair, tiny_prompts):
     ours, st = tiny_pair
     titles = ["mars", None, "code"] + [None] * 10
     expected = [
-        st.encode(text, prompt=f"title: {title} | text: " if title else TINY_PROMPTS["document"])
+        st.encode(text, prompt=f"title: {title} | text: " if title else tiny_prompts["document"])
         for text, title in zip(TEXTS, titles, strict=True)
     ]
     np.testing.assert_allclose(ours.encode_document(TEXTS, titles=titles), np.stack(expected), atol=2e-6)
@@ -104,7 +103,7 @@ def test_matryoshka_dim_matches_sentence_transformers(tiny_pair, recwarn, dim):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
 
 
-def test_save_round_trip_loads_in_sentence_transformers(tiny_pair, tmp_path):
+def test_save_round_trip_loads_in_sentence_transformers(tiny_pair, tmp_path, tiny_prompts):
     from sentence_transformers import SentenceTransformer
 
     ours, _ = tiny_pair
@@ -114,4 +113,4 @@ def test_save_round_trip_loads_in_sentence_transformers(tiny_pair, tmp_path):
     expected = ours.encode_query(TEXTS)
     np.testing.assert_allclose(reloaded_st.encode_query(TEXTS), expected, atol=2e-6)
     np.testing.assert_array_equal(reloaded_ours.encode_query(TEXTS), expected)
-    assert reloaded_st.prompts["query"] == TINY_PROMPTS["query"]
+    assert reloaded_st.prompts["query"] == tiny_prompts["query"]

@@ -26,14 +26,8 @@ EDGE_CASES = [
 
 
 @pytest.fixture(scope="module")
-def snapshot() -> Path:
-    from conftest import REAL_MODEL, real_checkpoint_available
-
-    if not real_checkpoint_available():
-        pytest.skip("the real tokenizer files come with the checkpoint")
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(REAL_MODEL, local_files_only=True))
+def snapshot(real_snapshot: Path) -> Path:
+    return real_snapshot
 
 
 def _stdlib_passages(limit: int = 1500) -> list[str]:
