@@ -7,8 +7,13 @@ Layout (dependency order):
 * ``runner``: encode once at full width, score every dim; results JSON. ``report``: markdown.
 * ``local_suite``: build the offline suite from pinned Debian packages (``suite_sources``:
   the pins and the partition rule that keeps training data disjoint from it).
+* ``counting``: tokens and seconds an embedder spent, for tokens/s in every results file.
+* ``cli``: ``embeddinggemma eval`` (local suite or MTEB, several dims, results JSON, ``compare``).
 
-Nothing here imports mteb; the MTEB adapter lives in ``mteb_adapter``.
+mteb (the ``[eval]`` extra) is only imported by ``mteb_adapter`` (our Embedder as an mteb
+``EncoderProtocol`` with a ``ModelMeta``), ``mteb_local`` (local-data tasks as mteb tasks) and
+``mteb_run`` (tasks/benchmarks at several dims -> our results format); importing this package
+does not import them.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any
 
 from embeddinggemma.eval.runner import load_results
 
-__all__ = ["compare_results", "results_markdown"]
+__all__ = ["compare_results", "matryoshka_markdown", "results_markdown"]
 
 # Columns of the single-run table, per task kind (the main metric comes first).
 _KEY_METRICS = {
@@ -20,6 +20,17 @@ _KEY_METRICS = {
     "sts": ("cosine_spearman", "cosine_pearson"),
     "bitext": ("f1", "accuracy", "precision", "recall"),
 }
+# mteb task types with the same metric names as our kinds; any other type gets a main-score table.
+_KIND_ALIASES = {"Retrieval": "retrieval", "STS": "sts", "BitextMining": "bitext"}
+
+
+def _kind(task: Mapping[str, Any]) -> str:
+    return _KIND_ALIASES.get(task["kind"], task["kind"])
+
+
+def _label(results: Mapping[str, Any]) -> str | None:
+    """A run's display name: its ``name`` (run label), else its ``model``."""
+    return results.get("name") or results.get("model")
 
 
 def _fmt(x: float | None, scale: float) -> str:
@@ -39,14 +50,16 @@ def results_markdown(results: Mapping[str, Any], *, scale: float = 100.0) -> str
     Scores are multiplied by ``scale`` (100 gives MTEB-style percentages).
     """
     out: list[str] = []
-    model = results.get("model") or "unnamed model"
+    model = _label(results) or "unnamed model"
+    kinds = list(_KEY_METRICS) + sorted({_kind(t) for t in results["tasks"].values()} - set(_KEY_METRICS))
     for dim in (str(d) for d in results["dims"]):
         mean = results.get("mean_main_score", {}).get(dim)
         out.append(f"### {model} @ dim {dim}: mean main score {_fmt(mean, scale)}\n")
-        for kind, metrics in _KEY_METRICS.items():
+        for kind in kinds:
+            metrics = _KEY_METRICS.get(kind, ("main_score",))
             rows = []
             for name, task in sorted(results["tasks"].items()):
-                if task["kind"] != kind:
+                if _kind(task) != kind or dim not in task["dims"]:
                     continue
                 entry = task["dims"][dim]
                 rows.append([name, *(_fmt(entry["scores"].get(m), scale) for m in metrics)])
@@ -98,7 +111,7 @@ def compare_results(
         raise ValueError("give at least one results file to compare")
     if labels is None:
         names = [Path(p).stem if not isinstance(p, Mapping) else f"run{i}" for i, p in enumerate(runs)]
-        labels = [r.get("model") or n for r, n in zip(loaded, names, strict=True)]
+        labels = [_label(r) or n for r, n in zip(loaded, names, strict=True)]
         if len(set(labels)) < len(labels):  # e.g. the same model in fp32 and bf16: say which file
             labels = [f"{lab} ({n})" for lab, n in zip(labels, names, strict=True)]
     if len(labels) != len(loaded):
@@ -135,3 +148,16 @@ def compare_results(
             cells.append(_fmt(sum(vals) / len(vals), scale) if ok else "–")  # type: ignore[arg-type]
         rows.append([f"**mean main score ({len(common)} tasks) @ {dim}**", *cells])
     return _table(["task / metric @ dim", *labels], rows)
+
+
+def matryoshka_markdown(results: Mapping[str, Any], *, dims: Sequence[int] | None = None, scale: float = 100.0) -> str:
+    """One run's main score per task (rows) and dim (columns), e.g. 768 vs 512 vs 256 vs 128, with
+    each task's main metric named and the mean over tasks as the last row."""
+    show = [str(d) for d in (dims if dims is not None else results["dims"])]
+    rows = []
+    for name, task in sorted(results["tasks"].items()):
+        cells = [_fmt(task["dims"].get(d, {}).get("scores", {}).get("main_score"), scale) for d in show]
+        rows.append([name, task["main_metric"], *cells])
+    means = results.get("mean_main_score", {})
+    rows.append([f"**mean ({len(results['tasks'])} tasks)**", "", *(_fmt(means.get(d), scale) for d in show)])
+    return _table(["task", "main metric", *(f"dim {d}" for d in show)], rows)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
@@ -77,8 +78,8 @@ class EmbedderLike(Protocol):
     ) -> Any: ...  # fmt: skip
 
     def encode(
-        self, texts: list[str], *, task: str | None = ..., dim: int | None = ..., batch_size: int = ...,
-        show_progress: bool = ..., output: str = ...,
+        self, texts: list[str], *, task: str | None = ..., prompt: str | None = ..., dim: int | None = ...,
+        batch_size: int = ..., show_progress: bool = ..., output: str = ...,
     ) -> Any: ...  # fmt: skip
 
 
@@ -159,6 +160,20 @@ class EmbeddingCache:
     def symmetric(self, texts: Sequence[str], task: str) -> np.ndarray:
         keys: list[Hashable] = [("symmetric", task, None, t) for t in texts]
         return self._get(keys, lambda pos: self.embedder.encode([texts[i] for i in pos], task=task, **self._kw()))
+
+    def prompted(self, texts: Sequence[str], prompt: str) -> np.ndarray:
+        """Texts with an explicit prompt string (the MTEB adapter's queries and symmetric inputs)."""
+        keys: list[Hashable] = [("prompt", prompt, None, t) for t in texts]
+        return self._get(keys, lambda pos: self.embedder.encode([texts[i] for i in pos], prompt=prompt, **self._kw()))
+
+    def clear(self) -> None:
+        """Forget every cached embedding (the counters are kept)."""
+        self._store.clear()
+
+    def rows(self) -> Mapping[Hashable, np.ndarray]:
+        """Read-only view of the cache: (role, task or prompt, title, text) -> full-width embedding.
+        Lets a parity check compare two embedders text by text after scoring the same suite."""
+        return MappingProxyType(self._store)
 
 
 def _resolve_dims(dims: Sequence[int] | None, width: int) -> list[int]:

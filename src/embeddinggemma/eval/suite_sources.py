@@ -20,7 +20,7 @@ __all__ = ["PACKAGES", "PARTITION_SALT", "SUITE_VERSION", "in_suite_partition", 
 
 # Bump when extraction or selection logic changes: it is part of the build key, so an existing
 # build is then rebuilt instead of being reused. (The partition salt must never change.)
-SUITE_VERSION = "local-suite/v1"
+SUITE_VERSION = "local-suite/v2"  # v2: smaller tasks (CPU budget), sampled man-page corpus
 PARTITION_SALT = "embeddinggemma-local-suite/v1:"
 
 _MP_LICENSE = "GPL-2+ and per-page free licences (Linux-man-pages-copyleft, BSD, ...): debian/copyright"
