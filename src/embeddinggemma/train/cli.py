@@ -1,0 +1,91 @@
+"""The ``train`` and ``soup`` subcommands of ``embeddinggemma`` (registered in ``embeddinggemma.cli``).
+
+    embeddinggemma train RECIPE [KEY=VALUE ...]        e.g. train finetune-code optim.lr=2e-5 train.steps=50
+    embeddinggemma train RECIPE --print                the resolved recipe as YAML, nothing trained
+    torchrun --nproc-per-node 8 -m embeddinggemma.cli train RECIPE    data parallel (each rank runs this)
+    embeddinggemma soup CKPT CKPT ... -o OUT [--weights 1 2 ...]
+
+Only argparse is imported here: torch and the trainer load inside the handlers, so ``embeddinggemma
+--help`` stays fast. Bad recipes and incompatible checkpoints are ``ValueError``s, which the main entry
+point prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+__all__ = ["add_soup_parser", "add_train_parser", "cmd_soup", "cmd_train"]
+
+
+def add_train_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "train",
+        help="train with a recipe (YAML) and dotted overrides",
+        description="Train with a recipe: a YAML file, or a name from the repository's recipes/ directory.",
+    )
+    parser.add_argument("recipe", help="recipe file or name, e.g. recipes/finetune-code.yaml or smoke-tiny")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-5 train.steps=100")
+    parser.add_argument("--print", action="store_true", help="print the resolved recipe and exit")
+    parser.set_defaults(func=cmd_train)
+    return parser
+
+
+def add_soup_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "soup",
+        help="average fine-tuned checkpoints (model souping)",
+        description="Uniform or weighted parameter average of compatible checkpoints (paper section 2).",
+    )
+    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint directories or hub ids")
+    parser.add_argument("-o", "--output", required=True, help="new directory for the souped checkpoint")
+    parser.add_argument("--weights", nargs="+", type=float, help="one positive weight per checkpoint (normalised)")
+    parser.set_defaults(func=cmd_soup)
+    return parser
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (it may be replaced after setup)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def _progress_to_stdout() -> None:
+    """Training progress is the command's output: INFO from the trainer goes to stdout."""
+    train_logger = logging.getLogger("embeddinggemma.train")
+    if train_logger.getEffectiveLevel() > logging.INFO:
+        train_logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _StdoutHandler) for h in train_logger.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        train_logger.addHandler(handler)
+        train_logger.propagate = False
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from embeddinggemma.train.recipes import load_recipe, recipe_to_dict
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.print:
+        import yaml
+
+        print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
+        return 0
+    from embeddinggemma.train.trainer import train_recipe
+
+    _progress_to_stdout()
+    final = train_recipe(recipe)
+    print(f"trained {recipe.name}: {recipe.train.steps} steps -> {final}")
+    return 0
+
+
+def cmd_soup(args: argparse.Namespace) -> int:
+    from embeddinggemma.train.soup import soup_checkpoints
+
+    out = soup_checkpoints(args.checkpoints, args.output, weights=args.weights)
+    print(f"souped {len(args.checkpoints)} checkpoints -> {out}")
+    return 0

@@ -1,0 +1,224 @@
+"""One training step's forward and backward, with gradient caching (GradCache, Gao et al. 2021).
+
+The contrastive loss (paper section 2) couples every query with every positive of the global batch, so
+the batch cannot be split into independent micro-batches the way a language-model batch can. GradCache
+decouples the batch size from memory:
+
+1. embed every text of the batch WITHOUT a graph, in token-budget micro-batches;
+2. compute the loss on those embeddings (a leaf tensor) and d loss / d embeddings;
+3. re-embed each micro-batch WITH a graph and back-propagate the cached gradient of its rows.
+
+Step 3 recomputes the forward once (about +33% compute), and peak activation memory is that of one
+micro-batch, whatever the contrastive batch size. The re-run equals the first pass because the model
+has no dropout; a model with dropout would need each micro-batch's RNG state replayed (GradCache's
+``RandContext``). Without caching the same code keeps every
+micro-batch's graph and back-propagates once: identical gradients, more memory, less compute.
+
+Data parallelism uses the same split (``embeddinggemma.train.distributed``): each rank embeds its slice
+of the global batch, the detached embeddings are all-gathered, every rank computes the identical GLOBAL
+loss (spread-out regulariser and false-negative masks over the whole batch, exactly as one process
+would), and back-propagates the gradient of its own rows only; a sum over ranks of the parameter
+gradients then equals the single-process gradient.
+
+``embed_token_ids`` is the single place where token ids become embeddings; a packed (padding-free)
+forward can replace it without touching the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from embeddinggemma.model import EmbeddingGemma
+from embeddinggemma.tokenizer import TextTokenizer, TruncationWarning
+from embeddinggemma.train.distributed import DistributedContext
+
+__all__ = [
+    "BatchLike",
+    "batch_loss",
+    "embed_token_ids",
+    "forward_backward",
+    "plan_micro_batches",
+]
+
+
+class BatchLike(Protocol):
+    """The fields of ``embeddinggemma.train.data.TrainingBatch`` the step reads (one global batch)."""
+
+    dataset: str
+    query_texts: list[str]
+    positive_texts: list[str]
+    hard_negative_texts: list[list[str]]
+    query_ids: Tensor
+    positive_ids: Tensor
+    hard_negative_ids: Tensor
+    hard_negative_mask: Tensor
+    teacher: dict[str, Tensor] | None
+
+    def slice(self, start: int, stop: int) -> BatchLike: ...
+
+
+def plan_micro_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group text indices into micro-batches of at most ``max_tokens`` PADDED tokens.
+
+    Texts are sorted longest first (stable on ties), so each micro-batch pads to its first text and an
+    out-of-memory error shows on the first micro-batch, not after an hour. A text longer than the budget
+    gets a micro-batch of its own.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"micro_batch_tokens must be positive, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= max_tokens:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
+def embed_token_ids(model: nn.Module, tokenizer: TextTokenizer, token_ids: Sequence[Sequence[int]]) -> Tensor:
+    """Un-normalised embeddings (N, E) of one micro-batch, right-padded, in the current grad mode.
+
+    The one text -> embedding function of the trainer: swap in a packed forward here.
+    """
+    input_ids, attention_mask = tokenizer.pad(token_ids)
+    device = next(model.parameters()).device
+    return model(input_ids.to(device), attention_mask.to(device), normalize=False)
+
+
+@dataclass
+class _Layout:
+    """Flat list of a batch slice's texts and where each goes in the (rows, 2 + H) grid
+    [query, positive, negative_1 .. negative_H]; padding negatives are not embedded."""
+
+    texts: list[str]
+    rows: Tensor  # (N,) row of each text
+    slots: Tensor  # (N,) column of each text
+
+
+def _layout(batch: BatchLike) -> _Layout:
+    b = len(batch.query_texts)
+    h = batch.hard_negative_mask.shape[1]
+    if len(batch.positive_texts) != b or len(batch.hard_negative_texts) != b:
+        raise ValueError(
+            f"batch from {batch.dataset!r} has {b} queries, {len(batch.positive_texts)} positives and "
+            f"{len(batch.hard_negative_texts)} hard-negative lists; they must be equal"
+        )
+    texts = list(batch.query_texts) + list(batch.positive_texts)
+    rows = list(range(b)) * 2
+    slots = [0] * b + [1] * b
+    mask = batch.hard_negative_mask.tolist()
+    for i, negatives in enumerate(batch.hard_negative_texts):
+        if mask[i] != [k < len(negatives) for k in range(h)]:
+            raise ValueError(
+                f"batch from {batch.dataset!r}, row {i}: {len(negatives)} hard-negative texts but mask {mask[i]}; "
+                "the mask must be True for exactly the first len(hard_negative_texts[i]) entries"
+            )
+        texts.extend(negatives)
+        rows.extend([i] * len(negatives))
+        slots.extend(range(2, 2 + len(negatives)))
+    return _Layout(texts, torch.tensor(rows, dtype=torch.long), torch.tensor(slots, dtype=torch.long))
+
+
+def batch_loss(loss_fn: nn.Module, grid: Tensor, batch: BatchLike) -> dict[str, Tensor]:
+    """The recipe loss on a (B, 2 + H, E) grid of GLOBAL embeddings [query, positive, negatives]."""
+    device = grid.device
+    h = grid.shape[1] - 2
+    teacher: Mapping[str, Tensor] = batch.teacher or {}
+
+    def on_device(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(device)
+
+    return loss_fn(
+        grid[:, 0],
+        grid[:, 1],
+        grid[:, 2:] if h else None,
+        hard_negative_mask=on_device(batch.hard_negative_mask) if h else None,
+        query_ids=on_device(batch.query_ids),
+        positive_ids=on_device(batch.positive_ids),
+        hard_negative_ids=on_device(batch.hard_negative_ids) if h else None,
+        teacher_queries=on_device(teacher.get("queries")),
+        teacher_positives=on_device(teacher.get("positives")),
+        teacher_hard_negatives=on_device(teacher.get("hard_negatives")) if h else None,
+    )
+
+
+def _tokenize(tokenizer: TextTokenizer, texts: list[str]) -> list[list[int]]:
+    # Training truncates to max_seq_length on purpose; a warning per step would drown the log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        return tokenizer.encode(texts, on_truncation="warn")
+
+
+def forward_backward(
+    model: EmbeddingGemma | nn.Module,
+    loss_fn: nn.Module,
+    batch: BatchLike,
+    tokenizer: TextTokenizer,
+    *,
+    ctx: DistributedContext | None = None,
+    gradient_cache: bool = True,
+    micro_batch_tokens: int = 16384,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Accumulate into ``.grad`` the gradient of the recipe loss on one GLOBAL batch.
+
+    On several ranks each embeds only its slice; the caller must then sum the model's gradients over
+    ranks (``DistributedContext.reduce_gradients``). Returns the detached loss terms and step statistics
+    (``tokens`` embedded by this rank, ``texts``, ``micro_batches``).
+
+    Args:
+        gradient_cache: embed without a graph first and re-embed per micro-batch (low memory); False keeps
+            every graph (less compute). The gradients are the same.
+        micro_batch_tokens: padded-token budget of one forward.
+        autocast_dtype: torch.bfloat16 for mixed precision (weights stay fp32), None for fp32.
+    """
+    ctx = ctx or DistributedContext(device=next(model.parameters()).device)
+    start, stop = ctx.row_range(len(batch.query_texts))
+    local = batch.slice(start, stop) if ctx.distributed else batch
+    layout = _layout(local)
+    token_ids = _tokenize(tokenizer, layout.texts)
+    chunks = plan_micro_batches([len(t) for t in token_ids], micro_batch_tokens)
+    device = ctx.device
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    )
+
+    def embed(chunk: list[int]) -> Tensor:
+        with autocast:
+            return embed_token_ids(model, tokenizer, [token_ids[i] for i in chunk]).float()
+
+    order = torch.tensor([i for chunk in chunks for i in chunk], dtype=torch.long)
+    with torch.set_grad_enabled(not gradient_cache):
+        sorted_embeddings = torch.cat([embed(chunk) for chunk in chunks])  # (N, E), rows in `order`
+    width = sorted_embeddings.shape[-1]
+    h = local.hard_negative_mask.shape[1]
+    grid = torch.zeros(stop - start, 2 + h, width, device=device)  # (b, 2 + H, E); padding negatives stay 0
+    grid[layout.rows[order].to(device), layout.slots[order].to(device)] = sorted_embeddings.detach()
+
+    global_grid = ctx.all_gather_rows(grid).requires_grad_(True)  # (B, 2 + H, E)
+    terms = batch_loss(loss_fn, global_grid, batch)
+    terms["loss"].backward()  # d loss / d embeddings (and the loss module's own parameters)
+    grads = global_grid.grad[start:stop] if ctx.distributed else global_grid.grad
+    sorted_grads = grads[layout.rows[order].to(device), layout.slots[order].to(device)]  # (N, E)
+
+    if gradient_cache:
+        offset = 0
+        for chunk in chunks:
+            embed(chunk).backward(sorted_grads[offset : offset + len(chunk)])
+            offset += len(chunk)
+    else:
+        sorted_embeddings.backward(sorted_grads)
+    stats = {
+        "tokens": sum(len(t) for t in token_ids),
+        "texts": len(token_ids),
+        "micro_batches": len(chunks),
+    }
+    return {k: v.detach() for k, v in terms.items()}, stats
