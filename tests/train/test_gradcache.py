@@ -6,7 +6,7 @@ import pytest
 import torch
 from trainer_helpers import synthetic_batch, tiny_model
 
-from embeddinggemma.train.gradcache import forward_backward, plan_micro_batches
+from embeddinggemma.train.gradcache import forward_backward, resolve_packing
 from embeddinggemma.train.losses import EmbeddingGemmaLoss, LossConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -48,10 +48,18 @@ def _plain_gradients(model, loss_fn, batch, tokenizer) -> dict[str, torch.Tensor
 
 
 @pytest.mark.parametrize(
-    ("gradient_cache", "budget", "alignment"),
-    [(True, 24, "prefix"), (True, 1, "projection"), (False, 40, "prefix"), (True, 10_000, "prefix")],
+    ("gradient_cache", "budget", "alignment", "packing"),
+    [
+        (True, 24, "prefix", "off"),
+        (True, 1, "projection", "off"),
+        (False, 40, "prefix", "off"),
+        (True, 10_000, "prefix", "off"),
+        # packed micro-batches (no padding) with explicit masks; FlexAttention has no CPU backward
+        (True, 40, "prefix", "dense"),
+        (False, 60, "projection", "dense"),
+    ],
 )
-def test_gradients_equal_plain_loss(tiny_st_dir, gradient_cache, budget, alignment):
+def test_gradients_equal_plain_loss(tiny_st_dir, gradient_cache, budget, alignment, packing):
     model, _, tokenizer = tiny_model(tiny_st_dir)
     model.requires_grad_(True).train()
     config = LossConfig(
@@ -64,7 +72,7 @@ def test_gradients_equal_plain_loss(tiny_st_dir, gradient_cache, budget, alignme
     model.zero_grad(set_to_none=True)
     loss_fn.zero_grad(set_to_none=True)
     terms, stats = forward_backward(
-        model, loss_fn, batch, tokenizer, gradient_cache=gradient_cache, micro_batch_tokens=budget
+        model, loss_fn, batch, tokenizer, gradient_cache=gradient_cache, micro_batch_tokens=budget, packing=packing
     )
     assert stats["micro_batches"] > 1 or budget == 10_000
     torch.testing.assert_close(terms["loss"], expected_loss, rtol=1e-6, atol=1e-6)
@@ -95,17 +103,18 @@ def test_gradient_checkpointing_changes_nothing(tiny_st_dir):
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_plan_micro_batches_respects_budget_and_covers_every_text():
-    lengths = [5, 17, 3, 9, 9, 40, 1, 12]
-    chunks = plan_micro_batches(lengths, 30)
-    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
-    for chunk in chunks:
-        longest = max(lengths[i] for i in chunk)
-        assert lengths[chunk[0]] == longest  # sorted longest first
-        assert len(chunk) * longest <= 30 or len(chunk) == 1
-    assert chunks[0] == [5]  # the 40-token text exceeds the budget and goes alone, first
+def test_bad_micro_batch_budget_and_packing_are_refused(tiny_st_dir):
+    model, _, tokenizer = tiny_model(tiny_st_dir)
+    loss_fn = EmbeddingGemmaLoss(LossConfig(matryoshka_dims=(40,), distill_weight=0.0))
+    batch = synthetic_batch(4, hard_negatives=1)
     with pytest.raises(ValueError, match="micro_batch_tokens"):
-        plan_micro_batches(lengths, 0)
+        forward_backward(model, loss_fn, batch, tokenizer, micro_batch_tokens=0)
+    with pytest.raises(ValueError, match="packing"):
+        forward_backward(model, loss_fn, batch, tokenizer, packing="varlen")
+    assert resolve_packing("auto", torch.device("cpu")) == "off"
+    assert resolve_packing("auto", torch.device("cuda")) == "flex"
+    with pytest.raises(ValueError, match="CUDA only"):
+        forward_backward(model, loss_fn, batch, tokenizer, packing="flex")
 
 
 def test_bad_hard_negative_mask_is_refused(tiny_st_dir):

@@ -108,11 +108,21 @@ class PackedRunner:
         return out
 
     def _forward(self, batch: PackedBatch) -> torch.Tensor:
-        config = self.model.encoder.config
-        if self.attention == "dense":
-            return self.model.forward_packed(batch, packed_dense_attention(batch, config), normalize=False)
-        masks = flex_block_masks(batch, config)
-        encode = compiled_encode_packed_flex() if self.compile else encode_packed_flex
-        hidden = encode(self.model, batch.input_ids, batch.position_ids, masks)
-        pooled = segment_mean_pool(hidden, batch.segment_ids, batch.num_texts + 1)[: batch.num_texts]
-        return self.model.project(pooled, normalize=False)
+        return packed_forward(self.model, batch, attention=self.attention, compile=self.compile)
+
+
+def packed_forward(
+    model: EmbeddingGemma, batch: PackedBatch, *, attention: str = "flex", compile: bool = False
+) -> torch.Tensor:
+    """Un-normalised embeddings (S, E) of a packed batch, in the caller's grad mode (the trainer back-propagates
+    through it). `attention`: "flex" (block-sparse; compiled on CUDA with `compile`) or "dense" (explicit masks)."""
+    config = model.encoder.config
+    if attention == "dense":
+        return model.forward_packed(batch, packed_dense_attention(batch, config), normalize=False)
+    if attention != "flex":
+        raise ValueError(f"attention must be 'flex' or 'dense', got {attention!r}")
+    masks = flex_block_masks(batch, config)
+    encode = compiled_encode_packed_flex() if compile else encode_packed_flex
+    hidden = encode(model, batch.input_ids, batch.position_ids, masks)
+    pooled = segment_mean_pool(hidden, batch.segment_ids, batch.num_texts + 1)[: batch.num_texts]
+    return model.project(pooled, normalize=False)

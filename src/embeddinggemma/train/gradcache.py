@@ -20,8 +20,8 @@ loss (spread-out regulariser and false-negative masks over the whole batch, exac
 would), and back-propagates the gradient of its own rows only; a sum over ranks of the parameter
 gradients then equals the single-process gradient.
 
-``embed_token_ids`` is the single place where token ids become embeddings; a packed (padding-free)
-forward can replace it without touching the rest.
+``embed_token_ids`` is the single place where token ids become embeddings: padded rows, or packed
+(padding-free) sequences through the inference engine's ``packed_forward`` (FlexAttention on CUDA).
 """
 
 from __future__ import annotations
@@ -35,16 +35,21 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from embeddinggemma.engine.flex import BLOCK_SIZE
+from embeddinggemma.engine.runners import packed_forward
 from embeddinggemma.model import EmbeddingGemma
+from embeddinggemma.packing import pack, token_budget_batches
 from embeddinggemma.tokenizer import TextTokenizer, TruncationWarning
 from embeddinggemma.train.distributed import DistributedContext
+
+PACKING_MODES = ("off", "dense", "flex")
 
 __all__ = [
     "BatchLike",
     "batch_loss",
     "embed_token_ids",
     "forward_backward",
-    "plan_micro_batches",
+    "resolve_packing",
 ]
 
 
@@ -64,33 +69,41 @@ class BatchLike(Protocol):
     def slice(self, start: int, stop: int) -> BatchLike: ...
 
 
-def plan_micro_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Group text indices into micro-batches of at most ``max_tokens`` PADDED tokens.
+def resolve_packing(packing: str, device: torch.device) -> str:
+    """ "auto" -> "flex" on CUDA (no padding, block-sparse kernels), "off" on CPU (length-sorted padded
+    micro-batches waste little there, and dense packed masks cost N^2)."""
+    if packing == "auto":
+        return "flex" if device.type == "cuda" else "off"
+    if packing not in PACKING_MODES:
+        raise ValueError(f"packing must be 'auto' or one of {PACKING_MODES}, got {packing!r}")
+    if packing == "flex" and device.type != "cuda":
+        raise ValueError("packing 'flex' trains on CUDA only (FlexAttention has no CPU backward); use 'dense' or 'off'")
+    return packing
 
-    Texts are sorted longest first (stable on ties), so each micro-batch pads to its first text and an
-    out-of-memory error shows on the first micro-batch, not after an hour. A text longer than the budget
-    gets a micro-batch of its own.
+
+def embed_token_ids(
+    model: nn.Module,
+    tokenizer: TextTokenizer,
+    token_ids: Sequence[Sequence[int]],
+    *,
+    packing: str = "off",
+    budget: int | None = None,
+) -> Tensor:
+    """Un-normalised embeddings (N, E) of one micro-batch, in the current grad mode.
+
+    ``packing="off"``: right-padded rows. ``"dense"`` / ``"flex"``: the texts concatenated into one
+    sequence with per-text positions and block-diagonal (+ sliding band) masks, no padding waste. On CUDA
+    flex is compiled and every micro-batch is padded to a multiple of ``budget`` tokens, so one graph
+    (forward and backward) serves the whole run.
     """
-    if max_tokens < 1:
-        raise ValueError(f"micro_batch_tokens must be positive, got {max_tokens}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    chunks: list[list[int]] = []
-    for i in order:
-        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= max_tokens:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-    return chunks
-
-
-def embed_token_ids(model: nn.Module, tokenizer: TextTokenizer, token_ids: Sequence[Sequence[int]]) -> Tensor:
-    """Un-normalised embeddings (N, E) of one micro-batch, right-padded, in the current grad mode.
-
-    The one text -> embedding function of the trainer: swap in a packed forward here.
-    """
-    input_ids, attention_mask = tokenizer.pad(token_ids)
     device = next(model.parameters()).device
-    return model(input_ids.to(device), attention_mask.to(device), normalize=False)
+    if packing == "off":
+        input_ids, attention_mask = tokenizer.pad(token_ids)
+        return model(input_ids.to(device), attention_mask.to(device), normalize=False)
+    compiled = packing == "flex" and device.type == "cuda"
+    multiple = (budget or BLOCK_SIZE) if compiled else BLOCK_SIZE if packing == "flex" else 1
+    batch = pack(token_ids, pad_id=tokenizer.pad_id, multiple_of=multiple).to(device)
+    return packed_forward(model, batch, attention=packing, compile=compiled)
 
 
 @dataclass
@@ -167,6 +180,7 @@ def forward_backward(
     gradient_cache: bool = True,
     micro_batch_tokens: int = 16384,
     autocast_dtype: torch.dtype | None = None,
+    packing: str = "off",
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Accumulate into ``.grad`` the gradient of the recipe loss on one GLOBAL batch.
 
@@ -177,15 +191,20 @@ def forward_backward(
     Args:
         gradient_cache: embed without a graph first and re-embed per micro-batch (low memory); False keeps
             every graph (less compute). The gradients are the same.
-        micro_batch_tokens: padded-token budget of one forward.
+        micro_batch_tokens: token budget of one forward (padded tokens when ``packing`` is "off").
         autocast_dtype: torch.bfloat16 for mixed precision (weights stay fp32), None for fp32.
+        packing: "off", "dense", "flex" (see ``embed_token_ids``) or "auto" (``resolve_packing``).
     """
+    if micro_batch_tokens < 1:
+        raise ValueError(f"micro_batch_tokens must be positive, got {micro_batch_tokens}")
     ctx = ctx or DistributedContext(device=next(model.parameters()).device)
+    packing = resolve_packing(packing, ctx.device)
     start, stop = ctx.row_range(len(batch.query_texts))
     local = batch.slice(start, stop) if ctx.distributed else batch
     layout = _layout(local)
     token_ids = _tokenize(tokenizer, layout.texts)
-    chunks = plan_micro_batches([len(t) for t in token_ids], micro_batch_tokens)
+    # longest first: each padded micro-batch pads to its first text, and out-of-memory shows at once
+    chunks = token_budget_batches([len(t) for t in token_ids], micro_batch_tokens, pad_to_longest=packing == "off")
     device = ctx.device
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
@@ -193,7 +212,8 @@ def forward_backward(
 
     def embed(chunk: list[int]) -> Tensor:
         with autocast:
-            return embed_token_ids(model, tokenizer, [token_ids[i] for i in chunk]).float()
+            texts = [token_ids[i] for i in chunk]
+            return embed_token_ids(model, tokenizer, texts, packing=packing, budget=micro_batch_tokens).float()
 
     order = torch.tensor([i for chunk in chunks for i in chunk], dtype=torch.long)
     with torch.set_grad_enabled(not gradient_cache):

@@ -35,7 +35,7 @@ from embeddinggemma.checkpoint import CheckpointInfo, load_checkpoint, save_chec
 from embeddinggemma.model import EmbeddingGemma
 from embeddinggemma.tokenizer import TextTokenizer
 from embeddinggemma.train.distributed import DistributedContext
-from embeddinggemma.train.gradcache import forward_backward
+from embeddinggemma.train.gradcache import forward_backward, resolve_packing
 from embeddinggemma.train.recipes import DataConfig, EvalConfig, OptimConfig, Recipe, TrainConfig, recipe_to_dict
 
 logger = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class Trainer:
         if model.dtype != torch.float32:
             raise ValueError(f"train float32 master weights (got {model.dtype}); precision sets the autocast dtype")
         self.autocast = resolve_autocast(train.precision, self.ctx.device)
+        self.packing = resolve_packing(train.packing, self.ctx.device)
         model.requires_grad_(True).train()
         model.encoder.gradient_checkpointing = gradient_checkpointing
         self.optimizer = build_optimizer(model, loss_fn, optim, freeze_embeddings=freeze_embeddings)
@@ -168,6 +169,7 @@ class Trainer:
             gradient_cache=self.train_cfg.gradient_cache,
             micro_batch_tokens=self.train_cfg.micro_batch_tokens,
             autocast_dtype=self.autocast,
+            packing=self.packing,
         )
         loss = float(terms["loss"])
         if not math.isfinite(loss):
@@ -497,6 +499,7 @@ def train_recipe(recipe: Recipe, *, loader: Any = None) -> Path:
 
     ctx = init_distributed(recipe.train.device)
     resolve_autocast(recipe.train.precision, ctx.device)  # refuse a bad precision before loading anything
+    resolve_packing(recipe.train.packing, ctx.device)
     torch.manual_seed(recipe.train.seed)
     random.seed(recipe.train.seed)
     model, info = load_checkpoint(recipe.model.checkpoint, dtype=torch.float32, device=ctx.device)
