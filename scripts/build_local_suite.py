@@ -17,18 +17,10 @@ import logging
 import sys
 from pathlib import Path
 
+from embeddinggemma.checkpoint import cached_file
 from embeddinggemma.eval.local_suite import SuiteConfig, build_local_suite
 
 logger = logging.getLogger("build_local_suite")
-
-
-def _default_tokenizer() -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache("google/embeddinggemma-300m", "tokenizer.json")
-    return Path(found) if isinstance(found, str) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = None
     if not args.no_tokens:
-        tokenizer = args.tokenizer or _default_tokenizer()
+        tokenizer = args.tokenizer or cached_file("tokenizer.json")
         if tokenizer is None:
             parser.error("no tokenizer.json found in the Hugging Face cache; pass --tokenizer PATH or --no-tokens")
     manifest = build_local_suite(args.outdir, tokenizer_path=tokenizer, config=SuiteConfig(), force=args.force)

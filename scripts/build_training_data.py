@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from embeddinggemma.checkpoint import cached_file
 from embeddinggemma.eval.data import TaskSpec, write_jsonl
 from embeddinggemma.eval.debian import fetch_deb, sha256_file
 from embeddinggemma.eval.suite_sources import PARTITION_SALT, SUITE_VERSION
@@ -263,17 +264,16 @@ def _model_steps(args: argparse.Namespace, outdir: Path) -> None:
     teacher_dir = outdir / f"teacher-{Path(args.model).name}"
     steps = set(args.steps.split(","))
     runs = manifest.setdefault("model_runs", {})
+
+    def embed_for_teacher(split: str) -> None:
+        report = build_teacher_cache(
+            model, [outdir / split], teacher_dir, teacher=teacher_name, batch_size=args.batch_size, shard_size=256
+        )
+        runs.setdefault("teacher", {})[split] = report.to_json() | {"teacher": teacher_name}
+
     if "teacher" in steps:
         for name in args.teacher_datasets.split(","):
-            report = build_teacher_cache(
-                model,
-                [outdir / name / "train"],
-                teacher_dir,
-                teacher=teacher_name,
-                batch_size=args.batch_size,
-                shard_size=256,
-            )
-            runs.setdefault("teacher", {})[f"{name}/train"] = report.to_json() | {"teacher": teacher_name}
+            embed_for_teacher(f"{name}/train")
             _write_manifest(outdir, manifest)
     if "mine" in steps:
         cache = TeacherCache(teacher_dir) if (teacher_dir / "teacher.json").is_file() else None
@@ -299,25 +299,8 @@ def _model_steps(args: argparse.Namespace, outdir: Path) -> None:
     if "teacher" in steps and "mine" in steps:  # the mined negatives are positives, so usually all cached
         for name in args.teacher_datasets.split(","):
             if (outdir / name / "train-mined").is_dir():
-                report = build_teacher_cache(
-                    model,
-                    [outdir / name / "train-mined"],
-                    teacher_dir,
-                    teacher=teacher_name,
-                    batch_size=args.batch_size,
-                    shard_size=256,
-                )
-                runs["teacher"][f"{name}/train-mined"] = report.to_json() | {"teacher": teacher_name}
+                embed_for_teacher(f"{name}/train-mined")
     _write_manifest(outdir, manifest)
-
-
-def _default_tokenizer() -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache("google/embeddinggemma-300m", "tokenizer.json")
-    return Path(found) if isinstance(found, str) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if not steps <= {"build", "teacher", "mine"}:
         parser.error(f"unknown steps {sorted(steps - {'build', 'teacher', 'mine'})}")
     if "build" in steps:
-        tokenizer = None if args.no_tokens else (args.tokenizer or _default_tokenizer())
+        tokenizer = None if args.no_tokens else (args.tokenizer or cached_file("tokenizer.json"))
         if tokenizer is None and not args.no_tokens:
             parser.error("no tokenizer.json in the Hugging Face cache; pass --tokenizer PATH or --no-tokens")
         manifest = build(args.outdir, args.suite, tokenizer, seed=args.seed, dev_percent=args.dev_percent)

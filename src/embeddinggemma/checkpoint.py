@@ -88,6 +88,14 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None) ->
         ) from exc
 
 
+def cached_file(filename: str, model: str = DEFAULT_MODEL) -> Path | None:
+    """A file of a hub model if it is already in the local Hugging Face cache (never downloads), else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(model, filename)
+    return Path(found) if isinstance(found, str) else None
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
