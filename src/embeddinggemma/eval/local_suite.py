@@ -198,6 +198,20 @@ def _man_pages(deb: Path, lang: str | None) -> dict[str, str]:
     return out
 
 
+def leading_sentences(line: str, used: int, limit: int) -> tuple[list[str], int, bool]:
+    """The sentences of ``line`` that fit in ``limit`` words after ``used`` words: (kept, words used
+    afterwards, whether every sentence fit). Shared with the training-data builder."""
+    sentences = re.split(r"(?<=[.!?:])\s+", line)
+    kept = []
+    for sentence in sentences:
+        w = len(sentence.split())
+        if used + w > limit:
+            break
+        kept.append(sentence)
+        used += w
+    return kept, used, len(kept) == len(sentences)
+
+
 def _cut_words(text: str, limit: int) -> str:
     """First paragraphs/sentences of ``text`` up to about ``limit`` words, ending at a
     sentence end when one exists past half the limit (otherwise a hard word cut)."""
@@ -206,17 +220,10 @@ def _cut_words(text: str, limit: int) -> str:
         return text
     paragraphs, out, n = text.split("\n"), [], 0
     for para in paragraphs:
-        sentences = re.split(r"(?<=[.!?:])\s+", para)
-        kept = []
-        for s in sentences:
-            w = len(s.split())
-            if n + w > limit:
-                break
-            kept.append(s)
-            n += w
+        kept, n, complete = leading_sentences(para, n, limit)
         if kept:
             out.append(" ".join(kept))
-        if len(kept) < len(sentences):
+        if not complete:
             break
     if n < limit // 2:
         return " ".join(words[:limit])

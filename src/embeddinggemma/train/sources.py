@@ -30,6 +30,7 @@ from embeddinggemma.eval.debian import DebianPackage, iter_deb_files
 from embeddinggemma.eval.extract_code import extract_functions, module_name
 from embeddinggemma.eval.extract_gettext import mineable_text, parse_mo
 from embeddinggemma.eval.extract_man import parse_man, split_name_line
+from embeddinggemma.eval.local_suite import leading_sentences
 from embeddinggemma.eval.suite_sources import PACKAGES as SUITE_PACKAGES
 from embeddinggemma.eval.suite_sources import msgid_source_id
 from embeddinggemma.train.data import TrainingExample
@@ -82,13 +83,7 @@ def cut_words(text: str, limit: int) -> str:
             out.append(line)
             n += words
             continue
-        kept = []
-        for sentence in re.split(r"(?<=[.!?:])\s+", line):
-            w = len(sentence.split())
-            if n + w > limit:
-                break
-            kept.append(sentence)
-            n += w
+        kept, n, _ = leading_sentences(line, n, limit)
         if kept:
             out.append(" ".join(kept))
         break
