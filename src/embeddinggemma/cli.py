@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("embeddinggemma.eval.cli", fromlist=["add_eval_parser"]).add_eval_parser(sub)
     __import__("embeddinggemma.train.cli", fromlist=["add_train_parser"]).add_train_parser(sub)
     __import__("embeddinggemma.train.cli", fromlist=["add_soup_parser"]).add_soup_parser(sub)
+    __import__("embeddinggemma.train.cli", fromlist=["add_student_parser"]).add_student_parser(sub)
     return parser
 
 

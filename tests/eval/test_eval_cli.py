@@ -64,6 +64,17 @@ def test_local_suite_run_and_compare(
     code, out, _ = _cli(capsys, "compare", str(full))  # one run: the Matryoshka table
     assert code == 0 and out.startswith("| task | main metric | dim 40 | dim 16 |")
 
+    quantized = tmp_path / "quantized.json"
+    code, out, err = _cli(capsys, *common, "--dim", "16", "--embedding-precision", "float32", "binary", "int8",
+                          "-o", str(quantized))  # fmt: skip
+    assert code == 0, err
+    q = json.loads(quantized.read_text())
+    assert q["embedding_precisions"] == ["float32", "binary", "int8"]
+    assert list(q["mean_main_score"]) == ["16", "16/binary", "16/int8"]
+    for name, task in q["tasks"].items():  # float32 is untouched by the extra variants
+        assert task["dims"]["16"] == again["tasks"][name]["dims"]["16"]
+    assert out.startswith("## ") and "| dim 16 | dim 16/binary | dim 16/int8 |" in out
+
 
 def test_mteb_path_gives_the_local_runners_scores(
     tiny_st_dir: Path, tiny_suite: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
@@ -134,6 +145,7 @@ def test_unloadable_mteb_task_is_reported_not_fatal(tiny_embedder, tiny_suite: P
         (["--dim", "768"], "this model has 40 dimensions"),
         (["--tasks", "nope"], "unknown task(s) ['nope']"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--mteb", "STS12", "--embedding-precision", "binary"], "--embedding-precision applies to the local suite"),
         (["compare", "{tmp}/missing.json"], "results file"),
         (["compare", "{tmp}/not-results.json"], "not an embeddinggemma results file"),
     ],

@@ -229,3 +229,31 @@ def test_compare_results_side_by_side(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"x": 1}))
     with pytest.raises(ValueError, match="not an embeddinggemma results file"):
         compare_results([bad])
+
+
+def test_quantized_embedding_variants(tmp_path: Path) -> None:
+    suite = _suite(tmp_path)
+    emb = HashingEmbedder()
+    res = evaluate_suite(
+        emb, suite, dims=[64, 32], precisions=["float32", "int8", "binary"], out=tmp_path / "q.json",
+        model_name="hash-bow", show_progress=False,
+    )  # fmt: skip
+    keys = ["64", "64/int8", "64/binary", "32", "32/int8", "32/binary"]
+    assert res["dims"] == [64, 32] and res["embedding_precisions"] == ["float32", "int8", "binary"]
+    for task in res["tasks"].values():
+        assert list(task["dims"]) == keys
+    assert list(res["mean_main_score"]) == keys
+    # Still one encoding pass: quantization happens on the cached float embeddings.
+    assert sum(len(c[2]) for c in emb.calls if c[0] == "document") == len(DOCS)
+    # Bag-of-words vectors are non-negative: binary keeps the word sets, int8 the weights; both still
+    # put every judged query's own document first.
+    for key in ("64/int8", "64/binary"):
+        assert res["tasks"]["a-retrieval"]["dims"][key]["scores"]["ndcg_at_10"] == 1.0
+    float_only = evaluate_suite(emb, suite, dims=[64], show_progress=False)
+    assert float_only["tasks"]["sts"]["dims"]["64"] == res["tasks"]["sts"]["dims"]["64"]
+    table = compare_results([tmp_path / "q.json"], all_metrics=False, dims=[64])
+    assert "| a-retrieval / ndcg_at_10 @ 64/binary |" in table
+    assert "@ 32" not in table
+    assert "### hash-bow @ dim 64/int8" in results_markdown(load_results(tmp_path / "q.json"))
+    with pytest.raises(ValueError, match=r"\['int4'\] are not in"):
+        evaluate_task(emb, _retrieval_task(tmp_path / "t", "t"), precisions=["int4"])

@@ -62,3 +62,14 @@ def test_train_errors_are_one_line(capsys):
     assert main(["train", "smoke-tiny", "model.checkpoint=x", "optim.lrr=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown key optim.lrr" in err[0]
+
+
+def test_student_command(tiny_st_dir, tmp_path, capsys):
+    teacher, _ = load_checkpoint(tiny_st_dir)
+    assert main(["student", str(tiny_st_dir), "--layers", "2", "-o", str(tmp_path / "s")]) == 0
+    assert "student with 2 layers" in capsys.readouterr().out
+    student, _ = load_checkpoint(tmp_path / "s")
+    assert student.config.backbone.num_hidden_layers == 2 < teacher.config.backbone.num_hidden_layers
+    assert main(["student", str(tiny_st_dir), "--layers", "2", "-o", str(tmp_path / "s")]) == 2  # not empty
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists and is not empty" in err[0]

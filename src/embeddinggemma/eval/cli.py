@@ -89,6 +89,14 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks of the local suite")
     parser.add_argument("--dim", nargs="+", type=int, metavar="DIM", help="Matryoshka dims, e.g. 768 512 256 128")
+    parser.add_argument(
+        "--embedding-precision",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "int8", "binary"],
+        help="also score each dim after quantizing the embeddings (int8: per-dimension ranges calibrated on "
+        "the indexed side; binary: sign bits, Hamming ranking); local suite only (default: float32)",
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local checkpoint directory (any variant)")
     for option in LOAD_OPTIONS:
         option.add_to(parser)
@@ -134,6 +142,8 @@ def _check_args(args: argparse.Namespace) -> None:
             )
     elif args.tasks is not None:
         raise EvalUsageError("--tasks selects local-suite tasks; with --mteb, name the tasks after --mteb")
+    elif args.embedding_precision != ["float32"]:
+        raise EvalUsageError("--embedding-precision applies to the local suite; mteb scores float embeddings")
 
 
 def _load_embedder(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -207,6 +217,7 @@ def _run_header(args: argparse.Namespace, embedder: Any, options: dict[str, Any]
         "device": str(embedder.device),
         "max_seq_length": embedder.max_seq_length,
         "dims": dims,
+        "embedding_precisions": list(dict.fromkeys(args.embedding_precision)),
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "versions": _versions(),
         "machine": _machine(),
@@ -222,9 +233,9 @@ def _throughput(tokens: int | None, seconds: float, texts: int) -> dict[str, Any
     }
 
 
-def _mean_main(tasks: dict[str, Any], dims: Sequence[int]) -> dict[str, float]:
+def _mean_main(tasks: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
     out = {}
-    for d in map(str, dims):
+    for d in keys:
         values = [t["dims"][d]["scores"]["main_score"] for t in tasks.values() if d in t["dims"]]
         if values:
             out[d] = sum(values) / len(values)
@@ -240,6 +251,7 @@ def _run_local(args: argparse.Namespace, embedder: Any, dims: list[int]) -> dict
         counter,
         args.suite_dir,
         dims=dims,
+        precisions=args.embedding_precision,
         tasks=args.tasks,
         batch_size=args.batch_size,
         show_progress=not args.no_progress,
@@ -297,7 +309,7 @@ def _run_mteb(
 def cmd_eval(args: argparse.Namespace) -> int:
     """Load the model once, score every requested dim, write the results JSON, print the tables."""
     from embeddinggemma.eval.report import matryoshka_markdown, results_markdown
-    from embeddinggemma.eval.runner import write_results
+    from embeddinggemma.eval.runner import score_keys, write_results
 
     _check_args(args)
     tasks = _mteb_tasks(args.mteb) if args.mteb else None  # unknown names fail before the model loads
@@ -306,7 +318,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dims = _dims(args, embedder)
     results = _run_header(args, embedder, options, dims)
     results |= _run_local(args, embedder, dims) if tasks is None else _run_mteb(args, tasks, embedder, options, dims)
-    results["mean_main_score"] = _mean_main(results["tasks"], dims)
+    results["mean_main_score"] = _mean_main(results["tasks"], score_keys(results))
     results["wall_seconds"] = round(time.perf_counter() - t0, 3)
     if hasattr(os, "getloadavg"):
         results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from embeddinggemma.eval.runner import load_results
+from embeddinggemma.eval.runner import load_results, score_keys
 
 __all__ = ["compare_results", "matryoshka_markdown", "results_markdown"]
 
@@ -52,7 +52,7 @@ def results_markdown(results: Mapping[str, Any], *, scale: float = 100.0) -> str
     out: list[str] = []
     model = _label(results) or "unnamed model"
     kinds = list(_KEY_METRICS) + sorted({_kind(t) for t in results["tasks"].values()} - set(_KEY_METRICS))
-    for dim in (str(d) for d in results["dims"]):
+    for dim in score_keys(results):
         mean = results.get("mean_main_score", {}).get(dim)
         out.append(f"### {model} @ dim {dim}: mean main score {_fmt(mean, scale)}\n")
         for kind in kinds:
@@ -97,7 +97,8 @@ def compare_results(
     Args:
         runs: results JSON paths or already loaded results dicts.
         labels: column names (default: each run's ``model`` field, else the file name).
-        dims: which dims to show (default: every dim found in any run).
+        dims: which dims to show (default: every dim found in any run), at every embedding precision
+            the runs scored them at (``768``, ``768/int8``, ``768/binary``).
         all_metrics: every metric instead of each task's main metric.
         subsets: add the main metric of every subset (language, language pair) too.
         scale: multiplier for the printed scores (100 = percentages).
@@ -116,8 +117,9 @@ def compare_results(
             labels = [f"{lab} ({n})" for lab, n in zip(labels, names, strict=True)]
     if len(labels) != len(loaded):
         raise ValueError(f"{len(labels)} labels for {len(loaded)} runs")
-    found_dims = sorted({int(d) for r in loaded for d in r["dims"]}, reverse=True)
-    show_dims = [str(d) for d in (dims if dims is not None else found_dims)]
+    # Variant keys ("768", "768/int8", ...) of every run, widest dim first, in first-seen order per dim.
+    found = list(dict.fromkeys(k for r in loaded for k in score_keys(r, dims)))
+    show_dims = sorted(found, key=lambda k: -int(k.split("/")[0]))
     task_names = sorted({t for r in loaded for t in r["tasks"]})
     rows: list[list[str]] = []
     for name in task_names:
@@ -153,7 +155,7 @@ def compare_results(
 def matryoshka_markdown(results: Mapping[str, Any], *, dims: Sequence[int] | None = None, scale: float = 100.0) -> str:
     """One run's main score per task (rows) and dim (columns), e.g. 768 vs 512 vs 256 vs 128, with
     each task's main metric named and the mean over tasks as the last row."""
-    show = [str(d) for d in (dims if dims is not None else results["dims"])]
+    show = score_keys(results, dims)
     rows = []
     for name, task in sorted(results["tasks"].items()):
         cells = [_fmt(task["dims"].get(d, {}).get("scores", {}).get("main_score"), scale) for d in show]

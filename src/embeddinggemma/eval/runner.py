@@ -19,7 +19,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -45,6 +45,7 @@ from embeddinggemma.eval.metrics import (
     sts_scores,
     validate_qrels,
 )
+from embeddinggemma.quant.embeddings import EMBEDDING_PRECISIONS, int8_ranges, scoring_vectors
 from embeddinggemma.search import search
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ __all__ = [
     "evaluate_suite",
     "evaluate_task",
     "load_results",
+    "score_key",
+    "score_keys",
     "suite_tasks",
     "truncate_and_normalize",
     "write_results",
@@ -186,12 +189,50 @@ def _resolve_dims(dims: Sequence[int] | None, width: int) -> list[int]:
     return out
 
 
+def _resolve_precisions(precisions: Sequence[str]) -> list[str]:
+    out = list(dict.fromkeys(precisions))
+    bad = [p for p in out if p not in EMBEDDING_PRECISIONS]
+    if not out or bad:
+        raise ValueError(f"embedding precisions {bad or out} are not in {list(EMBEDDING_PRECISIONS)}")
+    return out
+
+
+def score_key(dim: int, precision: str = "float32") -> str:
+    """Key of one scored variant in a task's ``dims``: ``"768"`` for float32, ``"768/int8"``, ``"128/binary"``."""
+    return str(dim) if precision == "float32" else f"{dim}/{precision}"
+
+
+def score_keys(results: Mapping[str, Any], dims: Sequence[int] | None = None) -> list[str]:
+    """A results dict's variant keys, widest dim first, each dim's precisions in the order they were run.
+    ``dims`` keeps only those dims."""
+    precisions = results.get("embedding_precisions") or ["float32"]
+    return [score_key(int(d), p) for d in results["dims"] if dims is None or int(d) in dims for p in precisions]
+
+
+def _scored_variants(
+    arrays: Sequence[np.ndarray], dims: Sequence[int], precisions: Sequence[str], calibrate: Sequence[int]
+) -> Iterator[tuple[str, list[np.ndarray]]]:
+    """Every (dim, precision) variant of ``arrays`` as float vectors whose dot products are its scores.
+
+    int8 ranges are measured on ``arrays[i] for i in calibrate`` (the indexed side), per dim.
+    """
+    for dim in dims:
+        sliced = [truncate_and_normalize(a, dim) for a in arrays]
+        for precision in precisions:
+            ranges = int8_ranges(np.concatenate([sliced[i] for i in calibrate])) if precision == "int8" else None
+            yield score_key(dim, precision), [scoring_vectors(a, precision, ranges=ranges) for a in sliced]  # type: ignore[arg-type]
+
+
 def _mean_dicts(rows: list[Mapping[str, float]]) -> dict[str, float]:
     return {name: float(np.mean([r[name] for r in rows])) for name in rows[0]}
 
 
 def _eval_retrieval(
-    task: TaskSpec, cache: EmbeddingCache, dims: Sequence[int] | None, k_values: Sequence[int]
+    task: TaskSpec,
+    cache: EmbeddingCache,
+    dims: Sequence[int] | None,
+    precisions: Sequence[str],
+    k_values: Sequence[int],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     corpus = load_corpus(task.path("corpus"))
     queries = load_queries(task.path("queries"))
@@ -204,13 +245,8 @@ def _eval_retrieval(
     all_dims = _resolve_dims(dims, doc_emb.shape[1])
     subsets = sorted({q.subset for q in judged if q.subset is not None})
     by_dim: dict[str, Any] = {}
-    for dim in all_dims:
-        _, idx = search(
-            truncate_and_normalize(q_emb, dim),
-            truncate_and_normalize(doc_emb, dim),
-            max(k_values),
-            metric="dot",
-        )
+    for key, (q_vec, doc_vec) in _scored_variants([q_emb, doc_emb], all_dims, precisions, calibrate=[1]):
+        _, idx = search(q_vec, doc_vec, max(k_values), metric="dot")
         ranked = {q.id: [corpus_ids[j] for j in row] for q, row in zip(judged, idx.tolist(), strict=True)}
         per_query, skipped = retrieval_per_query(
             ranked, qrels, query_ids=[q.id for q in queries], corpus_ids=corpus_ids, k_values=k_values
@@ -225,27 +261,25 @@ def _eval_retrieval(
                 s: _mean_dicts([per_query[q.id] for q in judged if q.subset == s and q.id in per_query])
                 for s in subsets
             }
-        by_dim[str(dim)] = entry
+        by_dim[key] = entry
     info = {"num_queries": len(judged), "num_documents": len(corpus), "subsets": subsets}
     return by_dim, info
 
 
 def _eval_sts(
-    task: TaskSpec, cache: EmbeddingCache, dims: Sequence[int] | None
+    task: TaskSpec, cache: EmbeddingCache, dims: Sequence[int] | None, precisions: Sequence[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     pairs = load_sts(task.path("pairs"))
     e1 = cache.symmetric([p.sentence1 for p in pairs], task.query_task)
     e2 = cache.symmetric([p.sentence2 for p in pairs], task.query_task)
     gold = [p.score for p in pairs]
-    by_dim = {
-        str(d): {"scores": sts_scores(truncate_and_normalize(e1, d), truncate_and_normalize(e2, d), gold)}
-        for d in _resolve_dims(dims, e1.shape[1])
-    }
+    variants = _scored_variants([e1, e2], _resolve_dims(dims, e1.shape[1]), precisions, calibrate=[0, 1])
+    by_dim = {key: {"scores": sts_scores(v1, v2, gold)} for key, (v1, v2) in variants}
     return by_dim, {"num_pairs": len(pairs)}
 
 
 def _eval_bitext(
-    task: TaskSpec, cache: EmbeddingCache, dims: Sequence[int] | None
+    task: TaskSpec, cache: EmbeddingCache, dims: Sequence[int] | None, precisions: Sequence[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     pairs = load_bitext(task.path("pairs"))
     groups: dict[str, list[int]] = {}
@@ -254,14 +288,13 @@ def _eval_bitext(
     src = cache.symmetric([p.source for p in pairs], task.query_task)
     tgt = cache.symmetric([p.target for p in pairs], task.query_task)
     by_dim: dict[str, Any] = {}
-    for d in _resolve_dims(dims, src.shape[1]):
-        s, t = truncate_and_normalize(src, d), truncate_and_normalize(tgt, d)
+    for key, (s, t) in _scored_variants([src, tgt], _resolve_dims(dims, src.shape[1]), precisions, calibrate=[0, 1]):
         # Mining happens within a subset: sources only compete for their own language's targets.
         per_subset = {name: bitext_scores(s[rows], t[rows]) for name, rows in sorted(groups.items())}
         entry: dict[str, Any] = {"scores": _mean_dicts(list(per_subset.values()))}
         if len(per_subset) > 1:
             entry["subsets"] = per_subset
-        by_dim[str(d)] = entry
+        by_dim[key] = entry
     return by_dim, {"num_pairs": len(pairs), "subsets": sorted(groups)}
 
 
@@ -270,6 +303,7 @@ def evaluate_task(
     task: TaskSpec | str | Path,
     *,
     dims: Sequence[int] | None = None,
+    precisions: Sequence[str] = ("float32",),
     batch_size: int = 32,
     show_progress: bool = False,
     k_values: Sequence[int] = DEFAULT_K_VALUES,
@@ -281,24 +315,27 @@ def evaluate_task(
         embedder: anything with :class:`EmbedderLike`'s methods.
         task: a :class:`TaskSpec` or a task directory containing ``task.json``.
         dims: Matryoshka dims to score (e.g. ``[768, 512, 256, 128]``); default: full width.
+        precisions: embedding precisions to score each dim at (``"float32"``, ``"int8"``, ``"binary"``;
+            see :mod:`embeddinggemma.quant.embeddings`); the texts are still encoded once.
         batch_size, show_progress: passed to the embedder.
         k_values: retrieval cut-offs; the search returns ``max(k_values)`` documents.
         cache: share encodings with other tasks (see :class:`EmbeddingCache`).
 
     Returns:
         ``{"kind", "main_metric", "query_task", "dims": {"768": {"scores": {...},
-        "subsets": {...}?}, ...}, sizes, "seconds": {...}}``; every ``scores`` dict has
-        ``main_score`` too.
+        "subsets": {...}?}, "768/int8": ..., ...}, sizes, "seconds": {...}}`` (keys from
+        :func:`score_key`); every ``scores`` dict has ``main_score`` too.
     """
     spec = task if isinstance(task, TaskSpec) else load_task(task)
+    precisions = _resolve_precisions(precisions)
     cache = cache or EmbeddingCache(embedder, batch_size=batch_size, show_progress=show_progress)
     t0, enc0 = time.perf_counter(), cache.encode_seconds
     if spec.kind == "retrieval":
-        by_dim, info = _eval_retrieval(spec, cache, dims, k_values)
+        by_dim, info = _eval_retrieval(spec, cache, dims, precisions, k_values)
     elif spec.kind == "sts":
-        by_dim, info = _eval_sts(spec, cache, dims)
+        by_dim, info = _eval_sts(spec, cache, dims, precisions)
     else:
-        by_dim, info = _eval_bitext(spec, cache, dims)
+        by_dim, info = _eval_bitext(spec, cache, dims, precisions)
     for entry in by_dim.values():
         entry["scores"]["main_score"] = entry["scores"][spec.main_metric]
     encode_s = cache.encode_seconds - enc0
@@ -339,6 +376,7 @@ def evaluate_suite(
     suite: str | Path | Sequence[TaskSpec | str | Path],
     *,
     dims: Sequence[int] | None = None,
+    precisions: Sequence[str] = ("float32",),
     out: str | Path | None = None,
     model_name: str | None = None,
     tasks: Sequence[str] | None = None,
@@ -351,6 +389,7 @@ def evaluate_suite(
     Args:
         suite: see :func:`suite_tasks`.
         dims: Matryoshka dims (default: full width only).
+        precisions: embedding precisions per dim (see :func:`evaluate_task`).
         out: results JSON path (parent directories are created).
         model_name: recorded in the results, e.g. ``"google/embeddinggemma-300m (fp32)"``.
         tasks: only these task names (an unknown name is an error, not a silent skip).
@@ -370,7 +409,9 @@ def evaluate_suite(
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for spec in tqdm(specs, desc="tasks", disable=not show_progress):
-        results[spec.name] = evaluate_task(embedder, spec, dims=dims, k_values=k_values, cache=cache)
+        results[spec.name] = evaluate_task(
+            embedder, spec, dims=dims, precisions=precisions, k_values=k_values, cache=cache
+        )
     dim_keys = list(next(iter(results.values()))["dims"]) if results else []
     mean_main = {d: float(np.mean([r["dims"][d]["scores"]["main_score"] for r in results.values()])) for d in dim_keys}
     report = {
@@ -378,7 +419,8 @@ def evaluate_suite(
         "model": model_name,
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "suite": str(suite) if isinstance(suite, str | Path) else None,
-        "dims": [int(d) for d in dim_keys],
+        "dims": list(dict.fromkeys(int(k.split("/")[0]) for k in dim_keys)),
+        "embedding_precisions": _resolve_precisions(precisions),
         "k_values": list(k_values),
         "tasks": results,
         "mean_main_score": mean_main,

@@ -1,9 +1,10 @@
-"""The ``train`` and ``soup`` subcommands of ``embeddinggemma`` (registered in ``embeddinggemma.cli``).
+"""The ``train``, ``soup`` and ``student`` subcommands of ``embeddinggemma`` (registered in ``embeddinggemma.cli``).
 
     embeddinggemma train RECIPE [KEY=VALUE ...]        e.g. train finetune-code optim.lr=2e-5 train.steps=50
     embeddinggemma train RECIPE --print                the resolved recipe as YAML, nothing trained
     torchrun --nproc-per-node 8 -m embeddinggemma.cli train RECIPE    data parallel (each rank runs this)
     embeddinggemma soup CKPT CKPT ... -o OUT [--weights 1 2 ...]
+    embeddinggemma student CKPT --layers 12 -o OUT     a shallower copy to distil into (train/student.py)
 
 Only argparse is imported here: torch and the trainer load inside the handlers, so ``embeddinggemma
 --help`` stays fast. Bad recipes and incompatible checkpoints are ``ValueError``s, which the main entry
@@ -17,7 +18,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["add_soup_parser", "add_train_parser", "cmd_soup", "cmd_train"]
+__all__ = ["add_soup_parser", "add_student_parser", "add_train_parser", "cmd_soup", "cmd_student", "cmd_train"]
 
 
 def add_train_parser(sub: Any) -> argparse.ArgumentParser:
@@ -43,6 +44,20 @@ def add_soup_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, help="new directory for the souped checkpoint")
     parser.add_argument("--weights", nargs="+", type=float, help="one positive weight per checkpoint (normalised)")
     parser.set_defaults(func=cmd_soup)
+    return parser
+
+
+def add_student_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "student",
+        help="cut a checkpoint to k of its layers (local/global pattern kept) to distil into",
+        description="Write a shallower student initialised from the checkpoint's own layers; train it with a "
+        "recipe's model.checkpoint=OUT, or set model.student_layers in the recipe instead.",
+    )
+    parser.add_argument("checkpoint", help="teacher checkpoint directory or hub id")
+    parser.add_argument("--layers", type=int, required=True, help="layers to keep, e.g. 12 of 24")
+    parser.add_argument("-o", "--output", required=True, help="new directory for the student")
+    parser.set_defaults(func=cmd_student)
     return parser
 
 
@@ -88,4 +103,12 @@ def cmd_soup(args: argparse.Namespace) -> int:
 
     out = soup_checkpoints(args.checkpoints, args.output, weights=args.weights)
     print(f"souped {len(args.checkpoints)} checkpoints -> {out}")
+    return 0
+
+
+def cmd_student(args: argparse.Namespace) -> int:
+    from embeddinggemma.train.student import make_student
+
+    out, kept = make_student(args.checkpoint, args.output, args.layers)
+    print(f"student with {len(kept)} layers (teacher layers {kept}) -> {out}")
     return 0
