@@ -23,7 +23,7 @@ set -euo pipefail
 OUT=${OUT:-runs/small}
 RESULTS=${RESULTS:-benchmarks/results/small-scale}
 STEPS=${STEPS:-24}
-SOUP_STEPS=${SOUP_STEPS:-12}
+SOUP_STEPS=${SOUP_STEPS:-8}
 LAYERS=${LAYERS:-6}
 STAGES=("$@")
 [[ ${#STAGES[@]} -gt 0 ]] || STAGES=(student ablation soup)
