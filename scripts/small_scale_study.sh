@@ -16,7 +16,9 @@
 #
 # Usage: scripts/small_scale_study.sh [student] [ablation] [soup]   (default: all three, in order)
 # Env: OUT (runs, default runs/small), RESULTS (JSON, default benchmarks/results/small-scale),
-#      STEPS / SOUP_STEPS (optimizer steps per run), LAYERS (student depth), ARMS (ablation runs to do).
+#      STEPS / SOUP_STEPS (optimizer steps per run), LAYERS (student depth), ARMS (ablation runs to do),
+#      SEED (data order and negative sampling; a non-zero seed names its ablation runs ARM-seedN, so
+#      repeating the ablation under other seeds measures its run-to-run noise).
 # Needs: the training data (scripts/build_training_data.py, with the code teacher cache and mined
 # negatives; see recipes/finetune-code.yaml) and the local suite (scripts/build_local_suite.py).
 set -euo pipefail
@@ -25,6 +27,9 @@ RESULTS=${RESULTS:-benchmarks/results/small-scale}
 STEPS=${STEPS:-24}
 SOUP_STEPS=${SOUP_STEPS:-8}
 LAYERS=${LAYERS:-6}
+SEED=${SEED:-0}
+TAG=""
+[[ $SEED == 0 ]] || TAG="-seed$SEED"
 STAGES=("$@")
 [[ ${#STAGES[@]} -gt 0 ]] || STAGES=(student ablation soup)
 mkdir -p "$OUT" "$RESULTS"
@@ -32,7 +37,7 @@ mkdir -p "$OUT" "$RESULTS"
 # Small scale: a 6-layer student, 256-token texts, 16 rows (+16 hard negatives) per contrastive batch.
 SCALE=(model.max_seq_length=256 data.batch_size=16 train.gradient_cache=false train.micro_batch_tokens=2048
        train.save_every=0 train.log_every=2 "eval.tasks=[]")
-DISTILL=(model.student_layers="$LAYERS" train.steps="$STEPS" optim.lr=5e-5 optim.warmup_steps=2)
+DISTILL=(model.student_layers="$LAYERS" train.steps="$STEPS" optim.lr=5e-5 optim.warmup_steps=2 data.seed="$SEED")
 EVAL=(--dim 768 128 --embedding-precision float32 int8 binary --no-progress)
 
 score() {  # score MODEL NAME: the local suite and the code dev split -> $RESULTS/NAME-{suite,code-dev}.json
@@ -48,9 +53,10 @@ for stage in "${STAGES[@]}"; do
         ;;
     ablation)
         for arm in ${ARMS:-finetune-code ablation-no-spread-out ablation-no-distill ablation-no-hardness ablation-no-matryoshka}; do
-            embeddinggemma train "$arm" "${SCALE[@]}" "${DISTILL[@]}" train.output_dir="$OUT/$arm" | tee "$OUT/$arm.log"
-            cp "$OUT/$arm/train_log.jsonl" "$RESULTS/$arm-train_log.jsonl"
-            score "$OUT/$arm/model" "$arm"
+            run=$arm$TAG
+            embeddinggemma train "$arm" "${SCALE[@]}" "${DISTILL[@]}" train.output_dir="$OUT/$run" | tee "$OUT/$run.log"
+            cp "$OUT/$run/train_log.jsonl" "$RESULTS/$run-train_log.jsonl"
+            score "$OUT/$run/model" "$run"
         done
         ;;
     soup)
