@@ -18,7 +18,8 @@
 # Env: OUT (runs, default runs/small), RESULTS (JSON, default benchmarks/results/small-scale),
 #      STEPS / SOUP_STEPS (optimizer steps per run), LAYERS (student depth), ARMS (ablation runs to do),
 #      SEED (data order and negative sampling; a non-zero seed names its ablation runs ARM-seedN, so
-#      repeating the ablation under other seeds measures its run-to-run noise).
+#      repeating the ablation under other seeds measures its run-to-run noise), KEEP_CHECKPOINTS=1 to keep
+#      each run's resumable checkpoint (~2.7 GB each; by default only the trained model is kept).
 # Needs: the training data (scripts/build_training_data.py, with the code teacher cache and mined
 # negatives; see recipes/finetune-code.yaml) and the local suite (scripts/build_local_suite.py).
 set -euo pipefail
@@ -57,6 +58,8 @@ for stage in "${STAGES[@]}"; do
             embeddinggemma train "$arm" "${SCALE[@]}" "${DISTILL[@]}" train.output_dir="$OUT/$run" | tee "$OUT/$run.log"
             cp "$OUT/$run/train_log.jsonl" "$RESULTS/$run-train_log.jsonl"
             score "$OUT/$run/model" "$run"
+            # The final checkpoint (weights + AdamW state, ~2.7 GB) is only needed to resume; the study keeps the model.
+            [[ -n ${KEEP_CHECKPOINTS:-} ]] || rm -rf "$OUT/$run/checkpoints"
         done
         ;;
     soup)
@@ -69,6 +72,7 @@ for stage in "${STAGES[@]}"; do
             embeddinggemma train "soup-mixture-$m" "${SCALE[@]}" "${DATA[@]}" data.num_hard_negatives=0 \
                 model.checkpoint="$OUT/finetune-code/model" train.steps="$SOUP_STEPS" optim.warmup_steps=2 \
                 optim.lr=2e-5 train.output_dir="$OUT/soup-mixture-$m" | tee "$OUT/soup-mixture-$m.log"
+            [[ -n ${KEEP_CHECKPOINTS:-} ]] || rm -rf "$OUT/soup-mixture-$m/checkpoints"
         done
         rm -rf "$OUT/soup-abc"
         embeddinggemma soup "$OUT"/soup-mixture-{a,b,c}/model -o "$OUT/soup-abc"
