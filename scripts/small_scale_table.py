@@ -7,7 +7,8 @@ runs were scored at, and the last logged student-teacher cosine and in-batch neg
 of the training run (when logged).
 A run repeated under other seeds (files RUN-seedN-*, from SEED=N scripts/small_scale_study.sh) is shown
 as the mean over its seeds with the lowest and highest value in brackets, so differences between rows
-can be read against the run-to-run noise.
+can be read against the run-to-run noise; a second table gives the full recipe minus each ablation arm,
+seed by seed (arms of one seed trained on the same batches, so their difference is the removed term's).
 """
 
 from __future__ import annotations
@@ -38,20 +39,25 @@ LOGGED = {
     "teacher_cosine": "teacher cos",  # student-teacher cosine (distillation arms)
     "in_batch_negative_similarity@768": "in-batch neg cos",  # collapse shows as unrelated texts moving together
 }
+FULL = "finetune-code"  # each ablation-* arm is this recipe with one term removed
 
 
-def _last_logged(log: Path, key: str) -> float | None:
+def _last_logged(log: Path) -> dict[str, float]:
+    """The last logged value of each LOGGED key in a training log (keys never logged are left out)."""
     if not log.is_file():
-        return None
-    values = [r[key] for r in map(json.loads, log.read_text().splitlines()) if key in r]
-    return values[-1] if values else None
+        return {}
+    last = {}
+    for record in map(json.loads, log.read_text().splitlines()):
+        last.update({key: record[key] for key in LOGGED if key in record})
+    return last
 
 
-def _seed_runs(results_dir: Path, name: str, suffix: str) -> list[str]:
-    """The run's own name (seed 0) and its repeats NAME-seedN that have results for ``suffix``."""
-    pattern = re.compile(rf"{re.escape(name)}-seed\d+-{re.escape(suffix)}\.json")
-    repeats = sorted(p.name.removesuffix(f"-{suffix}.json") for p in results_dir.iterdir() if pattern.fullmatch(p.name))
-    return [run for run in [name, *repeats] if (results_dir / f"{run}-{suffix}.json").is_file()]
+def _seed_runs(results_dir: Path, name: str, suffix: str) -> dict[str, str]:
+    """Seed tag ("" for seed 0, "-seedN") -> run name, for the runs of ``name`` with results for ``suffix``."""
+    pattern = re.compile(rf"{re.escape(name)}(-seed\d+)?-{re.escape(suffix)}\.json")
+    matches = (pattern.fullmatch(p.name) for p in results_dir.iterdir())
+    tags = sorted((m.group(1) or "" for m in matches if m), key=lambda tag: int(tag.removeprefix("-seed") or 0))
+    return {tag: name + tag for tag in tags}
 
 
 def _cell(values: list[float], digits: int) -> str:
@@ -64,30 +70,54 @@ def _cell(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
-def _table(results_dir: Path, suffix: str, title: str) -> str:
-    def load(run: str) -> dict:
-        return load_results(results_dir / f"{run}-{suffix}.json")
+def _load(results_dir: Path, suffix: str) -> tuple[dict[str, dict[str, dict[str, float]]], list[str]]:
+    """Every row's results for ``suffix``, each file read once: row name -> seed tag -> mean main score per
+    key (x100), and the score columns in the runner's order (dims x precisions)."""
+    scores, keys = {}, {}
+    for name in ROWS:
+        for tag, run in _seed_runs(results_dir, name, suffix).items():
+            results = load_results(results_dir / f"{run}-{suffix}.json")
+            scores.setdefault(name, {})[tag] = {k: v * 100 for k, v in results["mean_main_score"].items()}
+            keys.update(dict.fromkeys(score_keys(results)))
+    return scores, list(keys)
 
-    rows = [(name, {run: load(run) for run in _seed_runs(results_dir, name, suffix)}) for name in ROWS]
-    rows = [(name, by_run) for name, by_run in rows if by_run]
-    if not rows:
+
+def _table(results_dir: Path, scores: dict, keys: list[str], title: str) -> str:
+    if not scores:
         return ""
-    keys = list(dict.fromkeys(k for _, by_run in rows for r in by_run.values() for k in score_keys(r)))
     lines = [
         f"{title}\n",
         "| run | seeds | " + " | ".join([*keys, *LOGGED.values()]) + " |",
         "|---|---:|" + "---:|" * (len(keys) + len(LOGGED)),
     ]
-    for name, by_run in rows:
-        cells = []
-        for k in keys:
-            values = [r["mean_main_score"][k] * 100 for r in by_run.values() if k in r["mean_main_score"]]
-            cells.append(_cell(values, 2))
+    for name, by_seed in scores.items():
+        cells = [_cell([s[k] for s in by_seed.values() if k in s], 2) for k in keys]
+        logs = [_last_logged(results_dir / f"{name}{tag}-train_log.jsonl") for tag in by_seed]
         for key in LOGGED:
-            logged = [_last_logged(results_dir / f"{run}-train_log.jsonl", key) for run in by_run]
-            logged = [v for v in logged if v is not None]
+            logged = [log[key] for log in logs if key in log]
             cells.append(_cell(logged, 2) if logged else "")
-        lines.append(f"| {name} | {len(by_run)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {len(by_seed)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _paired_table(scores: dict, keys: list[str], title: str) -> str:
+    """The full recipe minus each ablation arm, seed by seed: arms of one seed trained on the same batches."""
+    arms = [name for name in scores if name.startswith("ablation-")]
+    if FULL not in scores or not arms:
+        return ""
+    lines = [f"{title}\n", "| removed | seeds | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for arm in arms:
+        tags = [tag for tag in scores[FULL] if tag in scores[arm]]
+        cells = [
+            " / ".join(
+                f"{scores[FULL][t][k] - scores[arm][t][k]:+.1f}"
+                for t in tags
+                if k in scores[FULL][t] and k in scores[arm][t]
+            )
+            for k in keys
+        ]
+        seeds = ", ".join(tag.removeprefix("-seed") or "0" for tag in tags)
+        lines.append(f"| {arm.removeprefix('ablation-no-')} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,9 +130,13 @@ def main() -> None:
         ("code-dev", "Code dev split (nDCG@10)"),
         ("dev", "Dev splits of the 6 training datasets, mean"),
     ):
-        table = _table(args.results_dir, suffix, f"### {title}")
-        if table:
-            print(table)
+        scores, keys = _load(args.results_dir, suffix)
+        for table in (
+            _table(args.results_dir, scores, keys, f"### {title}"),
+            _paired_table(scores, keys, f"### {title}: full recipe minus each ablation, paired by seed"),
+        ):
+            if table:
+                print(table)
 
 
 if __name__ == "__main__":
