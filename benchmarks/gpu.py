@@ -1,48 +1,77 @@
-"""GPU benchmark: our packed engine against sentence-transformers, one process, random weights of the real
-shape (speed does not depend on values), the real tokenizer, the benchmark corpus.
+"""GPU benchmark: our engine against sentence-transformers in one process, random weights of the real
+shape (speed does not depend on values), the real tokenizer, the benchmark corpus. One command answers
+every GPU target; each step writes the results JSON as it finishes, so a run cut short keeps what it did.
 
     python ../shared/bench/make_corpus.py corpus.jsonl        # 10,359 CPython stdlib passages
-    python benchmarks/gpu.py --checkpoint-files DIR --corpus corpus.jsonl --out results.json
+    python benchmarks/gpu.py --checkpoint-files DIR --corpus corpus.jsonl --out benchmarks/results/gpu.json
 
 DIR holds the checkpoint's tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json,
-tokenizer.model) and nothing else is needed: the script builds a random real-shape model, saves it in
-the sentence-transformers layout so both stacks load the same weights, and measures:
-- a bf16 matmul ceiling (8192^3) and MFU = achieved FLOPs / ceiling (2 x 106M FLOPs per token plus
-  attention, counted exactly from the texts' lengths);
-- corpus tokens/s: sentence-transformers at several batch sizes (its best is the reference) vs ours;
-- short queries (8-32 tokens, default 200k): tokens/s for both;
-- per-text cosine of our bf16 and fp32 outputs against sentence-transformers' (same dtype).
+tokenizer.model; .gz copies are accepted). The script builds a random real-shape model, saves it in the
+sentence-transformers layout so both stacks load the same weights, then, in order of importance:
+
+1. the bf16 matmul ceiling (8192^3), for MFU = model FLOPs / time / ceiling;
+2. ours with no options (`Embedder.from_pretrained(path, device="cuda")`, `encode_document(corpus)`);
+3. sentence-transformers: batch sizes on a quarter of the corpus, the best one on the whole corpus;
+4. bf16 parity (per-text cosine, ours vs sentence-transformers);
+5. short queries (8-32 tokens): ours on all of them, sentence-transformers on a quarter;
+6. first-call times of a new process with cold and with warm kernel caches (subprocesses);
+7. tuned variants of the packed engine (attention kernel, token budget, fused or module path);
+8. the trainer's step (packed forward + backward + AdamW, bf16 autocast), GradCache on and off;
+9. a profile of the default path (top kernels), the compiled-layers variant, fp32 parity.
 `--smoke` runs the whole script on CPU with a 2-layer model of the real vocabulary (a check of the
-script, not a measurement).
+script, not a measurement). `--time-budget` skips the steps that would not finish in time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
 import json
+import os
+import platform
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from functools import partial
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from embeddinggemma import Embedder, EmbeddingGemma, EmbeddingGemmaConfig, Gemma3TextConfig
-from embeddinggemma.checkpoint import CheckpointInfo, save_checkpoint
+from embeddinggemma.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from embeddinggemma.config import HeadConfig
 from embeddinggemma.prompts import DOCUMENT_PROMPT, QUERY_PROMPT
+from embeddinggemma.tokenizer import load_tokenizer
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 
 
-def random_model(config: EmbeddingGemmaConfig, device: str, seed: int = 0) -> EmbeddingGemma:
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = EmbeddingGemma(config)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.normal_(0.0, 0.3 if "norm" in name else 0.02)
-    return model.eval().requires_grad_(False)
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable, device: str):
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - start, out
 
 
 def matmul_ceiling(device: str, size: int = 8192) -> float:
@@ -51,13 +80,8 @@ def matmul_ceiling(device: str, size: int = 8192) -> float:
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    _sync(device)
-    runs = 10
-    start = time.perf_counter()
-    for _ in range(runs):
-        a @ b
-    _sync(device)
-    return 2 * size**3 * runs / (time.perf_counter() - start) / 1e12
+    seconds, _ = timed(lambda: [a @ b for _ in range(10)], device)
+    return 2 * size**3 * 10 / seconds / 1e12
 
 
 def model_flops(lengths: list[int], config: Gemma3TextConfig) -> float:
@@ -67,26 +91,17 @@ def model_flops(lengths: list[int], config: Gemma3TextConfig) -> float:
         hidden * (heads * head_dim * 2 + 2 * config.num_key_value_heads * head_dim)
         + 3 * hidden * config.intermediate_size
     )
-    dense = 2 * per_layer * config.num_hidden_layers * sum(lengths)
-    attention = 0.0
-    for layer_type in config.layer_types:
-        for n in lengths:
-            keys = n if layer_type == "full_attention" else min(n, 2 * config.window_radius + 1)
-            attention += 4 * heads * head_dim * n * keys
-    return dense + attention
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str) -> tuple[float, object]:
-    _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - start, out
+    n = np.asarray(lengths, dtype=np.float64)
+    dense = 2 * per_layer * config.num_hidden_layers * n.sum()
+    full = sum(t == "full_attention" for t in config.layer_types)
+    window = 2 * config.window_radius + 1
+    attention = (
+        4
+        * heads
+        * head_dim
+        * (full * (n * n).sum() + (len(config.layer_types) - full) * (n * np.minimum(n, window)).sum())
+    )
+    return float(dense + attention)
 
 
 def short_queries(corpus: list[str], count: int, seed: int = 0) -> list[str]:
@@ -96,25 +111,236 @@ def short_queries(corpus: list[str], count: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(words, k=rng.randint(4, 20))) for _ in range(count)]
 
 
+def random_model(config: EmbeddingGemmaConfig, device: str, dtype: torch.dtype, seed: int = 0) -> EmbeddingGemma:
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = EmbeddingGemma(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.normal_(0.0, 0.3 if "norm" in name else 0.02)
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def copy_tokenizer(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (source / name).exists():
+            shutil.copy(source / name, target / name)
+        elif (source / f"{name}.gz").exists():
+            with gzip.open(source / f"{name}.gz", "rb") as src, open(target / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def read_corpus(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f]
+
+
+class Run:
+    """Steps with a time budget; results saved after each one, failures recorded and skipped past."""
+
+    def __init__(self, out: Path | None, budget: float) -> None:
+        self.out, self.budget, self.start = out, budget, time.perf_counter()
+        self.results: dict = {"steps": {}}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def save(self) -> None:
+        if self.out:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+            tmp.replace(self.out)
+
+    def step(self, name: str, estimate: float, fn: Callable[[], dict]) -> dict | None:
+        left = self.budget - self.elapsed()
+        if estimate > left:
+            self.results["steps"][name] = {"skipped": f"needs ~{estimate:.0f} s, {left:.0f} s left in the budget"}
+            print(f"[{self.elapsed():6.1f}s] {name}: skipped ({left:.0f} s left)", flush=True)
+            self.save()
+            return None
+        print(f"[{self.elapsed():6.1f}s] {name} ...", flush=True)
+        begin = time.perf_counter()
+        try:
+            result = fn()
+            result["step_seconds"] = round(time.perf_counter() - begin, 2)
+        except Exception as exc:  # a failing step must not cost the others
+            result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+            print(result["traceback"], flush=True)
+        self.results["steps"][name] = result
+        print(f"[{self.elapsed():6.1f}s] {name}: {json.dumps(_short(result), default=str)}", flush=True)
+        self.save()
+        return result
+
+
+def _short(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("traceback", "top_kernels")}
+
+
+# -- first call in a new process ---------------------------------------------------------------------
+
+
+def first_call(model_dir: str, device: str, passages: int) -> dict:
+    """Run in a subprocess: load, embed one query, then `passages` passages once the fused kernels are ready."""
+    begin = time.perf_counter()
+    embedder = Embedder.from_pretrained(model_dir, device=device)
+    loaded = time.perf_counter()
+    embedder.encode_query("which planet is known as the red planet?")
+    _sync(device)
+    first = time.perf_counter()
+    warm = getattr(embedder.runner, "_warm", None)
+    if warm is not None:
+        warm.result()
+    ready = time.perf_counter()
+    texts = [f"passage {i}: " + "the red planet mars is known for its color " * (1 + i % 40) for i in range(passages)]
+    embedder.encode_document(texts)
+    _sync(device)
+    done = time.perf_counter()
+    return {
+        "load_s": loaded - begin,
+        "first_query_s": first - loaded,
+        "kernels_ready_after_load_s": ready - loaded,
+        "first_passages_s": done - ready,
+        "passages": passages,
+        "path": getattr(embedder.runner, "path", None),
+        "attention": getattr(embedder.runner, "attention", None),
+    }
+
+
+def first_call_subprocesses(model_dir: Path, device: str, passages: int) -> dict:
+    """Two new processes sharing fresh Triton/Inductor cache directories: the first cold, the second warm."""
+    caches = Path(tempfile.mkdtemp(prefix="eg-caches-"))
+    env = {
+        **os.environ,
+        "TRITON_CACHE_DIR": str(caches / "triton"),
+        "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    out = {}
+    for label in ("cold", "warm"):
+        begin = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, __file__, "--first-call", str(model_dir), "--device", device, "--passages", str(passages)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            out[label] = {"error": done.stderr[-3000:]}
+            continue
+        out[label] = json.loads(done.stdout.strip().splitlines()[-1])
+        out[label]["process_wall_s"] = time.perf_counter() - begin
+    shutil.rmtree(caches, ignore_errors=True)
+    return out
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+
+def training_batches(corpus: list[str], rows: int, count: int, seed: int = 0):
+    """Global batches of (query, passage, hard negative) rows from the corpus, prompted as training does."""
+    from embeddinggemma.train.data import PromptedExample, collate
+
+    rng = random.Random(seed)
+    batches = []
+    for _ in range(count):
+        examples = []
+        for _ in range(rows):
+            passage, negative = rng.sample(corpus, 2)
+            words = passage.split()
+            query = " ".join(words[: rng.randint(5, 25)])
+            examples.append(
+                PromptedExample(
+                    query=QUERY_PROMPT + query,
+                    positive=DOCUMENT_PROMPT + passage,
+                    negatives=(DOCUMENT_PROMPT + negative,),
+                )
+            )
+        batches.append(collate(examples, dataset="bench", task="query", num_hard_negatives=1))
+    return batches
+
+
+def train_speed(model_dir: Path, corpus: list[str], device: str, options: dict, rows: int, steps: int) -> dict:
+    """tokens/s of the trainer's own step (forward + backward + clip + AdamW) after `warmup` steps."""
+    from embeddinggemma.train.losses import EmbeddingGemmaLoss, LossConfig
+    from embeddinggemma.train.recipes import OptimConfig, TrainConfig
+    from embeddinggemma.train.trainer import Trainer
+
+    model, info = load_checkpoint(model_dir, dtype=torch.float32, device=device)
+    tokenizer = load_tokenizer(info.path, info.config.backbone, max_length=512)
+    loss_fn = EmbeddingGemmaLoss(LossConfig(distill_weight=0.0)).to(device)
+    freeze = options.pop("freeze_embeddings", False)
+    train = TrainConfig(steps=1000, output_dir=tempfile.mkdtemp(prefix="eg-train-"), **options)
+    trainer = Trainer(
+        model, info, tokenizer, loss_fn, None, optim=OptimConfig(lr=1e-5), train=train, freeze_embeddings=freeze
+    )
+    batches = training_batches(corpus, rows, 2 + steps)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    warm_start = time.perf_counter()
+    for batch in batches[:2]:  # compilation and autotuning
+        trainer.train_step(batch)
+    _sync(device)
+    warm = time.perf_counter() - warm_start
+    tokens, losses = 0, []
+    seconds, _ = timed(lambda: [losses.append(trainer.train_step(b)) for b in batches[2:]], device)
+    tokens = sum(s["tokens"] for s in losses)
+    result = {
+        "packing": trainer.packing,
+        "options": {**options, "freeze_embeddings": freeze},
+        "rows_per_batch": rows,
+        "tokens_per_step": tokens / steps,
+        "tokens_per_s": tokens / seconds,
+        "step_s": seconds / steps,
+        "first_two_steps_s": warm,
+        "loss_first_last": [losses[0]["loss"], losses[-1]["loss"]],
+    }
+    if device.startswith("cuda"):
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return result
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint-files", type=Path, required=True, help="directory with the tokenizer files")
-    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--checkpoint-files", type=Path, help="directory with the tokenizer files")
+    parser.add_argument("--corpus", type=Path, help="JSONL (or .jsonl.gz) with a 'text' field")
     parser.add_argument("--queries", type=int, default=200_000)
-    parser.add_argument("--st-batch-sizes", type=int, nargs="+", default=[32, 128, 512])
-    parser.add_argument("--max-batch-tokens", type=int, default=65536)
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--st-batch-sizes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--train-rows", type=int, default=128, help="rows (query, positive, negative) per step")
+    parser.add_argument("--train-steps", type=int, default=4)
+    parser.add_argument("--time-budget", type=float, default=330.0, help="seconds for all steps")
     parser.add_argument("--smoke", action="store_true", help="CPU, 2-layer model, few texts: checks the script")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--first-call", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    parser.add_argument("--passages", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.first_call:
+        print(json.dumps(first_call(args.first_call, args.device, args.passages)))
+        return
+    if not args.checkpoint_files or not args.corpus:
+        parser.error("--checkpoint-files and --corpus are required")
 
     from sentence_transformers import SentenceTransformer
 
     device = "cpu" if args.smoke else "cuda"
-    corpus = [json.loads(line)["text"] for line in args.corpus.open(encoding="utf-8")]
+    corpus = read_corpus(args.corpus)
     config = EmbeddingGemmaConfig()
     if args.smoke:
-        corpus, args.queries, args.st_batch_sizes = corpus[:24], 64, [8]
+        corpus, args.queries, args.st_batch_sizes, args.train_rows = corpus[:24], 64, [8], 4
+        args.time_budget = max(args.time_budget, 1800)
         backbone = Gemma3TextConfig(
             num_hidden_layers=2,
             hidden_size=64,
@@ -124,76 +350,277 @@ def main() -> None:
             num_key_value_heads=1,
             layer_types=("sliding_attention", "full_attention"),
         )
-        config = EmbeddingGemmaConfig(
-            backbone=backbone, head=config.head.__class__(dense_features=(128, 64), dense_bias=(False, False))
-        )
-    results: dict = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": torch.cuda.get_device_name() if not args.smoke else "cpu (smoke)",
-        "torch": torch.__version__,
-    }
-    results["matmul_tflops"] = matmul_ceiling(device, 1024 if args.smoke else 8192)
-
-    workdir = Path(tempfile.mkdtemp())
-    model = random_model(config, "cpu")
-    info = CheckpointInfo(
-        path=args.checkpoint_files, config=config, prompts={"query": QUERY_PROMPT, "document": DOCUMENT_PROMPT}
+        config = EmbeddingGemmaConfig(backbone=backbone, head=HeadConfig(dense_features=(128, 64)))
+    run = Run(args.out, args.time_budget)
+    run.results.update(
+        date=time.strftime("%Y-%m-%d"),
+        device=torch.cuda.get_device_name() if device == "cuda" else f"cpu (smoke): {platform.processor()}",
+        torch=torch.__version__,
+        python=platform.python_version(),
+        corpus=str(args.corpus),
+        smoke=args.smoke,
     )
-    save_checkpoint(model, workdir, tokenizer_dir=args.checkpoint_files, prompts=info.prompts)
-    del model
+    with contextlib.suppress(ImportError):
+        import triton
 
-    rows = []
-    for dtype in ("bfloat16",) if args.smoke else ("bfloat16", "float32"):
-        torch_dtype = getattr(torch, dtype)
-        st = SentenceTransformer(str(workdir), device=device, model_kwargs={"torch_dtype": torch_dtype})
-        ours = Embedder.from_pretrained(
-            workdir,
-            device=device,
-            dtype=dtype,
-            engine="packed",
-            max_batch_tokens=args.max_batch_tokens,
-            compile=not args.no_compile and not args.smoke,
-            attention="flex",
-        )
-        lengths = [len(ids) for ids in ours.tokenizer.encode([DOCUMENT_PROMPT + t for t in corpus])]
-        tokens = sum(lengths)
-        flops = model_flops(lengths, config.backbone)
-        ours.encode_document(corpus[:256])  # warm-up: compilation, autotuning
-        seconds, ours_out = timed(partial(ours.encode_document, corpus, batch_size=1_000_000), device)
-        ours_tps = tokens / seconds
-        st_best, st_out = 0.0, None
+        run.results["triton"] = triton.__version__
+    state: dict = {}
+
+    def env() -> dict:
+        from embeddinggemma.engine import varlen
+
+        reason = varlen.unsupported_reason(torch.device(device), torch.bfloat16, 256)
+        return {"matmul_tflops": matmul_ceiling(device, 1024 if args.smoke else 8192), "varlen_unsupported": reason}
+
+    def setup() -> dict:
+        workdir = Path(tempfile.mkdtemp(prefix="eg-bench-"))
+        model = random_model(config, device, torch.bfloat16)
+        info = CheckpointInfo(path=workdir, config=config, prompts={"query": QUERY_PROMPT, "document": DOCUMENT_PROMPT})
+        copy_tokenizer(args.checkpoint_files, workdir / "tok")
+        save_checkpoint(model.cpu(), workdir / "model", tokenizer_dir=workdir / "tok", prompts=info.prompts)
+        del model
+        state["model_dir"] = workdir / "model"
+        tokenizer_probe = load_tokenizer(state["model_dir"], config.backbone, max_length=config.max_seq_length)
+        state["lengths"] = [len(ids) for ids in tokenizer_probe.encode([DOCUMENT_PROMPT + t for t in corpus])]
+        state["queries"] = short_queries(corpus, args.queries)
+        state["query_lengths"] = [
+            len(ids) for ids in tokenizer_probe.encode([QUERY_PROMPT + q for q in state["queries"]])
+        ]
+        return {
+            "passages": len(corpus),
+            "corpus_tokens": sum(state["lengths"]),
+            "mean_tokens": float(np.mean(state["lengths"])),
+            "max_tokens": max(state["lengths"]),
+            "queries": len(state["queries"]),
+            "query_tokens": sum(state["query_lengths"]),
+        }
+
+    def ours_default() -> dict:
+        load_s, ours = timed(lambda: Embedder.from_pretrained(state["model_dir"], device=device), device)
+        first_s, _ = timed(lambda: ours.encode_query("which planet is known as the red planet?"), device)
+        warm = getattr(ours.runner, "_warm", None)
+        ready_s, _ = timed(lambda: warm.result() if warm is not None else None, device)
+        ours.encode_document(corpus[:256])
+        tokens = sum(state["lengths"])
+        times = []
+        for _ in range(2):
+            seconds, out = timed(lambda: ours.encode_document(corpus), device)
+            times.append(seconds)
+        state["ours"], state["ours_out"] = ours, out
+        best = min(times)
+        flops = model_flops(state["lengths"], config.backbone)
+        tflops = run.results["steps"].get("env", {}).get("matmul_tflops")
+        return {
+            "load_s": load_s,
+            "first_query_s": first_s,
+            "kernels_ready_s": ready_s,
+            "attention": getattr(ours.runner, "attention", None),
+            "path": getattr(ours.runner, "path", None),
+            "max_batch_tokens": getattr(ours.runner, "max_batch_tokens", None),
+            "seconds": times,
+            "tokens_per_s": tokens / best,
+            "mfu": flops / best / (tflops * 1e12) if tflops else None,
+        }
+
+    def sentence_transformers_best() -> dict:
+        st = SentenceTransformer(str(state["model_dir"]), device=device, model_kwargs={"torch_dtype": torch.bfloat16})
+        state["st"] = st
+        quarter = corpus[::4]
+        quarter_tokens = sum(state["lengths"][::4])
+        sweep = {}
         for batch_size in args.st_batch_sizes:
-            st.encode_document(corpus[:batch_size], batch_size=batch_size)
-            st_seconds, out = timed(partial(st.encode_document, corpus, batch_size=batch_size), device)
-            results[f"st_{dtype}_bs{batch_size}_tokens_per_s"] = tokens / st_seconds
-            if tokens / st_seconds > st_best:
-                st_best, st_out = tokens / st_seconds, out
-        cosine = (ours_out * st_out).sum(1) / np.linalg.norm(ours_out, axis=1) / np.linalg.norm(st_out, axis=1)
-        queries = short_queries(corpus, args.queries)
-        q_lengths = [len(ids) for ids in ours.tokenizer.encode([QUERY_PROMPT + q for q in queries])]
-        q_seconds, _ = timed(partial(ours.encode_query, queries, batch_size=1_000_000), device)
-        st_q_seconds, _ = timed(partial(st.encode_query, queries, batch_size=max(args.st_batch_sizes)), device)
-        rows.append(
-            {
-                "dtype": dtype,
-                "corpus_texts": len(corpus),
-                "corpus_tokens": tokens,
-                "ours_tokens_per_s": ours_tps,
-                "st_best_tokens_per_s": st_best,
-                "speedup": ours_tps / st_best,
-                "mfu": flops / seconds / (results["matmul_tflops"] * 1e12),
-                "min_cosine_vs_st": float(cosine.min()),
-                "queries": len(queries),
-                "query_tokens": sum(q_lengths),
-                "ours_query_tokens_per_s": sum(q_lengths) / q_seconds,
-                "st_query_tokens_per_s": sum(q_lengths) / st_q_seconds,
-            }
+            st.encode_document(quarter[:batch_size], batch_size=batch_size)
+            seconds, _ = timed(lambda bs=batch_size: st.encode_document(quarter, batch_size=bs), device)
+            sweep[batch_size] = quarter_tokens / seconds
+        best = max(sweep, key=sweep.get)
+        seconds, out = timed(lambda: st.encode_document(corpus, batch_size=best), device)
+        state["st_out"], state["st_best_batch"] = out, best
+        return {
+            "quarter_sweep_tokens_per_s": sweep,
+            "best_batch_size": best,
+            "tokens_per_s": sum(state["lengths"]) / seconds,
+        }
+
+    def parity() -> dict:
+        c = cosines(state["ours_out"], state["st_out"])
+        return {"min_cosine": float(c.min()), "mean_cosine": float(c.mean()), "texts": len(c)}
+
+    def queries() -> dict:
+        ours, queries, lengths = state["ours"], state["queries"], state["query_lengths"]
+        ours.encode_query(queries[:2048])
+        seconds, _ = timed(lambda: ours.encode_query(queries), device)
+        quarter = queries[::4]
+        st = state["st"]
+        st.encode_query(quarter[:256], batch_size=state["st_best_batch"])
+        st_seconds, _ = timed(lambda: st.encode_query(quarter, batch_size=state["st_best_batch"]), device)
+        return {
+            "ours_tokens_per_s": sum(lengths) / seconds,
+            "st_tokens_per_s": sum(lengths[::4]) / st_seconds,
+            "speedup": (sum(lengths) / seconds) / (sum(lengths[::4]) / st_seconds),
+            "mean_query_tokens": float(np.mean(lengths)),
+        }
+
+    def tuned() -> dict:
+        base = state["ours"]
+        variants = {
+            "varlen-fused-32k": dict(attention="varlen", path="fused", max_batch_tokens=32768),
+            "varlen-fused-128k": dict(attention="varlen", path="fused", max_batch_tokens=131072),
+            "flex-fused-64k": dict(attention="flex", path="fused", max_batch_tokens=65536),
+            "varlen-modules-64k": dict(attention="varlen", path="modules", max_batch_tokens=65536),
+        }
+        tokens = sum(state["lengths"])
+        out = {}
+        info = CheckpointInfo(
+            path=state["model_dir"], config=config, prompts={"query": QUERY_PROMPT, "document": DOCUMENT_PROMPT}
         )
-    results["runs"] = rows
-    shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        for name, options in variants.items():
+            if run.elapsed() > run.budget - 20:
+                out[name] = {"skipped": "time budget"}
+                continue
+            try:
+                embedder = Embedder.from_model(base.model, info, engine="packed", **options)
+                warm = getattr(embedder.runner, "_warm", None)
+                if warm is not None:
+                    warm.result()
+                embedder.encode_document(corpus[:512])
+                seconds, _ = timed(lambda e=embedder: e.encode_document(corpus), device)
+                out[name] = {
+                    "tokens_per_s": tokens / seconds,
+                    "attention": embedder.runner.attention,
+                    "path": embedder.runner.path,
+                }
+            except Exception as exc:
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        default = run.results["steps"].get("ours_default", {}).get("tokens_per_s") or 0.0
+        best = max([default] + [v.get("tokens_per_s", 0.0) for v in out.values()])
+        return {"variants": out, "best_tokens_per_s": best, "default_over_best": default / best if best else None}
+
+    def first_calls() -> dict:
+        return first_call_subprocesses(state["model_dir"], device, 20 if args.smoke else 1000)
+
+    def training(name: str, options: dict) -> Callable[[], dict]:
+        return lambda: train_speed(state["model_dir"], corpus, device, dict(options), args.train_rows, args.train_steps)
+
+    def profile() -> dict:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        ours = state["ours"]
+        sample = corpus[: len(corpus) // 6]
+        ours.encode_document(sample)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with torch_profile(activities=activities) as prof:
+            ours.encode_document(sample)
+            _sync(device)
+        key = "device_time_total" if device == "cuda" else "cpu_time_total"
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+        total = sum(
+            getattr(e, "self_device_time_total" if device == "cuda" else "self_cpu_time_total", 0) for e in events
+        )
+        top = [
+            {
+                "name": e.key[:90],
+                "self_ms": getattr(e, "self_device_time_total" if device == "cuda" else "self_cpu_time_total", 0) / 1e3,
+                "calls": e.count,
+            }
+            for e in sorted(
+                events,
+                key=lambda e: getattr(e, "self_device_time_total" if device == "cuda" else "self_cpu_time_total", 0),
+                reverse=True,
+            )[:25]
+        ]
+        return {"tokens": sum(state["lengths"][: len(sample)]), "device_ms_total": total / 1e3, "top_kernels": top}
+
+    def compiled_layers() -> dict:
+        info = CheckpointInfo(
+            path=state["model_dir"], config=config, prompts={"query": QUERY_PROMPT, "document": DOCUMENT_PROMPT}
+        )
+        model, _ = load_checkpoint(state["model_dir"], dtype=torch.bfloat16, device=device)
+        embedder = Embedder.from_model(model, info, engine="packed", compile=True)
+        first_s, _ = timed(lambda: embedder.encode_document(corpus[:512]), device)
+        embedder.encode_document(corpus[512:2048])
+        seconds, _ = timed(lambda: embedder.encode_document(corpus), device)
+        return {
+            "first_call_s": first_s,
+            "tokens_per_s": sum(state["lengths"]) / seconds,
+            "attention": embedder.runner.attention,
+        }
+
+    def fp32_parity() -> dict:
+        sample = corpus[:512]
+        ours = Embedder.from_pretrained(state["model_dir"], device=device, dtype="float32", engine="padded")
+        st = SentenceTransformer(str(state["model_dir"]), device=device, model_kwargs={"torch_dtype": torch.float32})
+        c = cosines(ours.encode_document(sample), st.encode_document(sample, batch_size=64))
+        return {"min_cosine": float(c.min()), "mean_cosine": float(c.mean()), "texts": len(c)}
+
+    run.step("env", 5, env)
+    run.step("setup", 20, setup)
+    if "model_dir" not in state:
+        return
+    run.step("ours_default", 20, ours_default)
+    if "ours" not in state:
+        return
+    run.step("sentence_transformers", 45, sentence_transformers_best)
+    if "st_out" in state:
+        run.step("parity_bf16", 1, parity)
+        run.step("queries", 20, queries)
+    run.step("first_call", 40, first_calls)
+    train_base = dict(micro_batch_tokens=16384, gradient_cache=True)
+    run.step("train_gradcache_16k", 45, training("gradcache", train_base))
+    run.step("train_no_gradcache_64k", 30, training("plain", dict(micro_batch_tokens=65536, gradient_cache=False)))
+    run.step("tuned", 30, tuned)
+    run.step("profile", 10, profile)
+    run.step(
+        "train_frozen_table_64k",
+        25,
+        training("frozen", dict(micro_batch_tokens=65536, gradient_cache=False, freeze_embeddings=True)),
+    )
+    run.step("compiled_layers", 60, compiled_layers)
+    run.step("fp32_parity", 15, fp32_parity)
+    run.results["total_s"] = run.elapsed()
+    run.save()
+    print_table(run.results)
+
+
+def print_table(results: dict) -> None:
+    steps = results["steps"]
+
+    def get(step: str, key: str):
+        value = steps.get(step, {}).get(key)
+        return f"{value:,.0f}" if isinstance(value, int | float) else "-"
+
+    st = steps.get("sentence_transformers", {}).get("tokens_per_s")
+    ours = steps.get("ours_default", {}).get("tokens_per_s")
+    tuned = steps.get("tuned", {}).get("best_tokens_per_s")
+    rows = [
+        ("bf16 matmul ceiling (TFLOP/s)", get("env", "matmul_tflops"), ""),
+        ("sentence-transformers best batch (tokens/s)", get("sentence_transformers", "tokens_per_s"), "1.0x"),
+        ("ours, default (tokens/s)", get("ours_default", "tokens_per_s"), f"{ours / st:.1f}x" if ours and st else ""),
+        (
+            "ours, best tuned (tokens/s)",
+            get("tuned", "best_tokens_per_s"),
+            f"{tuned / st:.1f}x" if tuned and st else "",
+        ),
+        ("short queries, ours (tokens/s)", get("queries", "ours_tokens_per_s"), ""),
+        ("short queries, sentence-transformers (tokens/s)", get("queries", "st_tokens_per_s"), ""),
+        ("training, GradCache, 16k micro-batches (tokens/s)", get("train_gradcache_16k", "tokens_per_s"), ""),
+        ("training, no GradCache, 64k (tokens/s)", get("train_no_gradcache_64k", "tokens_per_s"), ""),
+        ("training, frozen table, 64k (tokens/s)", get("train_frozen_table_64k", "tokens_per_s"), ""),
+    ]
+    print(f"\n{results.get('device')}  torch {results.get('torch')}  {results.get('date')}")
+    for label, value, ratio in rows:
+        print(f"  {label:<52} {value:>14} {ratio:>6}")
+    parity = steps.get("parity_bf16", {})
+    if "min_cosine" in parity:
+        print(f"  bf16 parity vs sentence-transformers: min cosine {parity['min_cosine']:.5f}")
+    first = steps.get("first_call", {})
+    for label in ("cold", "warm"):
+        if "first_query_s" in first.get(label, {}):
+            f = first[label]
+            print(
+                f"  new process, {label} caches: load {f['load_s']:.1f} s, first query {f['first_query_s']:.2f} s, "
+                f"kernels ready {f['kernels_ready_after_load_s']:.1f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ import torch
 
 from embeddinggemma import Embedder
 from embeddinggemma.config import FULL_ATTENTION, SLIDING_ATTENTION, EmbeddingGemmaConfig, Gemma3TextConfig
-from embeddinggemma.engine.flex import flex_block_masks
+from embeddinggemma.engine.batching import PAD_SEGMENT, pack, token_budget_batches
+from embeddinggemma.engine.flex import packed_block_masks, reference_block_masks
+from embeddinggemma.engine.masks import packed_masks
 from embeddinggemma.engine.runners import PackedRunner, PaddedRunner
-from embeddinggemma.packing import pack, packed_masks, token_budget_batches
 
 
 def test_pack_layout():
@@ -22,6 +23,21 @@ def test_pack_layout():
     assert batch.input_ids[0].tolist() == [2, 5, 1, 2, 1, 2, 7, 8, 9, 1, 0, 0]
     assert batch.position_ids[0].tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4, 0, 1]
     assert batch.segment_ids.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 3, 3]
+    assert batch.cu_seqlens.tolist() == [0, 3, 5, 10, 12] and batch.cu_seqlens.dtype == torch.int32
+    assert batch.token_counts().tolist() == [3, 2, 5]
+    assert batch.max_segment_length == 5
+
+
+def test_filler_is_cut_into_block_sized_segments():
+    """Filler up to a large budget costs attention work per 128-token segment, not padding^2."""
+    batch = pack([[2] * 5, [2] * 200], multiple_of=1024)
+    lengths = torch.diff(batch.cu_seqlens).tolist()
+    assert lengths[:2] == [5, 200] and sum(lengths) == 1024
+    assert max(lengths[2:]) <= PAD_SEGMENT
+    starts = batch.cu_seqlens[2:-1].tolist()
+    assert all(s % PAD_SEGMENT == 0 for s in starts[1:]), "filler segments after the first align to blocks"
+    assert batch.position_ids[0, 205:].tolist()[:51] == list(range(51))  # 205 -> 256: first filler segment
+    assert batch.segment_ids[-1].item() == batch.num_segments - 1
 
 
 def test_pack_rejects_empty():
@@ -75,11 +91,60 @@ def test_flex_block_masks_match_dense():
     length = batch.input_ids.shape[1]
     dense = packed_masks(batch, config)
     q, k = torch.arange(length)[:, None], torch.arange(length)[None, :]
-    for kind, block_mask in flex_block_masks(batch, config).items():
+    for kind, block_mask in packed_block_masks(batch, config).items():
         expected = dense[kind][0, 0]
         assert torch.equal(block_mask.mask_mod(0, 0, q, k), expected), kind
         tiles = expected.view(length // 128, 128, length // 128, 128).any(3).any(1)
         assert torch.equal(block_mask.to_dense()[0, 0].bool(), tiles), kind
+
+
+def _assert_same_structure(ours, reference, kind):
+    pairs = [("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")]
+    pairs += [("q_num_blocks", "q_indices"), ("full_q_num_blocks", "full_q_indices")]
+    for counts_name, indices_name in pairs:
+        counts, expected_counts = getattr(ours, counts_name), getattr(reference, counts_name)
+        assert torch.equal(counts.long(), expected_counts.long()), (kind, counts_name)
+        indices, expected_indices = getattr(ours, indices_name), getattr(reference, indices_name)
+        for row, n in enumerate(counts[0, 0].tolist()):
+            assert indices[0, 0, row, :n].tolist() == expected_indices[0, 0, row, :n].tolist(), (
+                kind,
+                indices_name,
+                row,
+            )
+
+
+@pytest.mark.parametrize(
+    ("lengths", "multiple"),
+    [
+        ([1, 2, 513, 2048, 3, 700, 1], 128),  # the real band (+-256) across long and 1-2 token texts
+        ([1], 128),
+        ([128, 128, 256], 128),  # texts exactly on tile boundaries
+        ([5] * 40, 4096),  # a small batch padded to a large budget: filler segments
+        ([2048, 2048], 128),
+    ],
+)
+def test_block_masks_from_offsets_equal_create_block_mask(lengths, multiple):
+    """The O(tiles) construction visits exactly the tiles create_block_mask finds by evaluating all N^2
+    pairs: the same partial and full tiles per query tile (forward) and per key tile (backward)."""
+    config = Gemma3TextConfig()
+    batch = pack([[2] * n for n in lengths], multiple_of=multiple)
+    reference = reference_block_masks(batch, config)
+    for kind, block_mask in packed_block_masks(batch, config, for_backward=True).items():
+        _assert_same_structure(block_mask, reference[kind], kind)
+
+
+def test_block_masks_on_random_batches():
+    config = Gemma3TextConfig()
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        lengths = [
+            int(rng.choice([1, 2, 3, rng.integers(1, 600), rng.integers(500, 2049)]))
+            for _ in range(rng.integers(1, 10))
+        ]
+        batch = pack([[2] * n for n in lengths], multiple_of=int(rng.choice([128, 1024])))
+        reference = reference_block_masks(batch, config)
+        for kind, block_mask in packed_block_masks(batch, config, for_backward=True).items():
+            _assert_same_structure(block_mask, reference[kind], kind)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +170,7 @@ def _token_ids(embedder: Embedder) -> list[list[int]]:
 def test_packed_runner_equals_padded(tiny, attention):
     token_ids = _token_ids(tiny)
     padded = PaddedRunner(tiny.model).embed(token_ids)
-    packed = PackedRunner(tiny.model, max_batch_tokens=96, attention=attention).embed(token_ids)
+    packed = PackedRunner(tiny.model, max_batch_tokens=96, attention=attention, path="modules").embed(token_ids)
     cosine = torch.nn.functional.cosine_similarity(padded, packed)
     assert cosine.min() >= 0.99999
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from embeddinggemma import Embedder, load_encoder
-from embeddinggemma.masks import padded_attention
-from embeddinggemma.model import padded_position_ids
+from embeddinggemma.engine.batching import pad_batch
+from embeddinggemma.engine.forward import padded_position_ids
+from embeddinggemma.engine.masks import padded_attention
 from embeddinggemma.tokenizer import TextTokenizer
 
 # 13 texts, lengths 3..24 tokens with BOS/EOS: longer than the sliding band (radius 3), padded batch.
@@ -35,7 +36,7 @@ TEXTS = [
 
 
 def _batch(tokenizer, texts):
-    return tokenizer.pad(tokenizer.encode(texts))
+    return pad_batch(tokenizer.encode(texts), tokenizer.pad_id)
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])

@@ -23,13 +23,17 @@ from embeddinggemma.engine.runners import PackedRunner, PaddedRunner, Runner
 from embeddinggemma.engine.stream import chunked, prefetch_map
 from embeddinggemma.model import EmbeddingGemma
 from embeddinggemma.prompts import PromptTable, document_prompt
-from embeddinggemma.tokenizer import BaseTokenizer, OnTruncation, SentencePieceTokenizer, TextTokenizer
+from embeddinggemma.tokenizer import BaseTokenizer, OnTruncation, TokenizerBackend, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 Output = Literal["numpy", "torch"]
-TokenizerBackend = Literal["auto", "tokenizers", "sentencepiece"]
 Texts = str | Iterable[str]
+
+# Texts tokenised per step when tokenisation overlaps the device's work (GPU engine): ~1M tokens of
+# passages; the first chunk is small so the device starts early.
+PIPELINE_CHUNK = 4096
+FIRST_PIPELINE_CHUNK = 512
 
 _DTYPES = {
     "float32": torch.float32,
@@ -129,9 +133,12 @@ class Embedder:
           embedding table, converted once into a cache; see `embeddinggemma.quant`).
         - `tokenizer`: "tokenizers" (tokenizer.json, the reference), "sentencepiece" (tokenizer.model,
           same ids, ~300 MB less peak memory) or "auto" (sentencepiece with `quantize`, else tokenizers).
-        - `engine`: "padded" (sorted, padded batches), "packed" (no padding; FlexAttention on CUDA) or
-          "auto" (packed on CUDA, padded on CPU); `engine_options` go to the runner
-          (`max_batch_tokens`, and for packed `attention`, `compile`).
+        - `engine`: "padded" (sorted, padded batches), "packed" (no padding: fused Triton kernels and
+          FlashAttention over the texts' offsets on CUDA) or "auto" (packed on CUDA, padded on CPU);
+          `engine_options` go to the runner: `max_batch_tokens` (both), and for packed `attention`
+          ("varlen", "flex", "dense"), `path` ("fused", "modules"), `compile`. On the packed engine a
+          batch is bounded by `max_batch_tokens` (default 65,536) alone; `batch_size` applies to the
+          padded engine.
         - `num_threads` sets PyTorch's intra-op threads (process-wide).
         """
         if num_threads is not None:
@@ -152,8 +159,8 @@ class Embedder:
         else:
             resolved_dtype = resolve_dtype(dtype, resolved_device)
             model, info = load_checkpoint(name_or_path, dtype=resolved_dtype, device=resolved_device, revision=revision)
-        if tokenizer == "auto":
-            tokenizer = "sentencepiece" if quantize and _sentencepiece_available(info.path) else "tokenizers"
+        if tokenizer == "auto" and not quantize:
+            tokenizer = "tokenizers"  # the reference; "auto" picks the low-memory one for the on-device path
         return cls.from_model(
             model, info, max_seq_length=max_seq_length, tokenizer=tokenizer, engine=engine, **engine_options
         )
@@ -175,24 +182,7 @@ class Embedder:
                 raise ValueError(f"max_seq_length must be between 2 and {limit}, got {max_seq_length}")
             limit = max_seq_length
         backbone = info.config.backbone
-        limits = dict(
-            max_length=limit,
-            bos_id=backbone.bos_token_id,
-            eos_id=backbone.eos_token_id,
-            pad_id=backbone.pad_token_id,
-            vocab_size=backbone.vocab_size,
-        )
-        if tokenizer == "sentencepiece":
-            if not (info.path / "tokenizer.model").exists():
-                raise FileNotFoundError(f"{info.path / 'tokenizer.model'} is missing; use tokenizer='tokenizers'")
-            text_tokenizer: BaseTokenizer = SentencePieceTokenizer.from_checkpoint(info.path, **limits)
-        elif tokenizer == "tokenizers":
-            tokenizer_file = info.path / "tokenizer.json"
-            if not tokenizer_file.exists():
-                raise FileNotFoundError(f"{tokenizer_file} is missing; the checkpoint needs its fast tokenizer file")
-            text_tokenizer = TextTokenizer.from_file(tokenizer_file, **limits)
-        else:
-            raise ValueError(f"tokenizer must be 'auto', 'tokenizers' or 'sentencepiece', got {tokenizer!r}")
+        text_tokenizer = load_tokenizer(info.path, backbone, max_length=limit, backend=tokenizer)
         runner = default_runner(model, backbone.pad_token_id, engine, **engine_options)
         return cls(model, text_tokenizer, PromptTable(info.prompts), source=info.path, runner=runner)
 
@@ -361,7 +351,9 @@ class Embedder:
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if texts:
+        if len(texts) > PIPELINE_CHUNK and getattr(self.runner, "pipelined", False):
+            embeddings = self._embed_pipelined(texts, show_progress=show_progress, on_truncation=on_truncation)
+        elif texts:
             token_ids = self.tokenizer.encode(texts, on_truncation=on_truncation)
             embeddings = self.embed_token_ids(token_ids, batch_size=batch_size, show_progress=show_progress)
         else:
@@ -370,6 +362,22 @@ class Embedder:
         if single:
             embeddings = embeddings[0]
         return embeddings.numpy() if output == "numpy" else embeddings
+
+    def _embed_pipelined(
+        self, texts: Sequence[str], *, show_progress: bool, on_truncation: OnTruncation
+    ) -> torch.Tensor:
+        """Tokenise chunk k+1 on a host thread while the device embeds chunk k (GPU engine)."""
+        from tqdm.auto import tqdm
+
+        def tokenize(chunk: list[str]) -> list[list[int]]:
+            return self.tokenizer.encode(chunk, on_truncation=on_truncation)
+
+        with tqdm(total=len(texts), disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
+            blocks = [
+                self.runner.embed(token_ids, progress=bar.update)
+                for token_ids in prefetch_map(tokenize, _growing_chunks(texts))
+            ]
+        return torch.cat(blocks)
 
     def embed_token_ids(
         self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 32, show_progress: bool = False
@@ -422,14 +430,15 @@ class Embedder:
         return save_checkpoint(self.model, path, tokenizer_dir=self.source, prompts=self.prompts.checkpoint_prompts)
 
 
-def _sentencepiece_available(directory: Path) -> bool:
-    import importlib.util
-
-    return (directory / "tokenizer.model").exists() and importlib.util.find_spec("sentencepiece") is not None
+def _growing_chunks(texts: Sequence[str]) -> Iterator[list[str]]:
+    yield list(texts[:FIRST_PIPELINE_CHUNK])
+    for start in range(FIRST_PIPELINE_CHUNK, len(texts), PIPELINE_CHUNK):
+        yield list(texts[start : start + PIPELINE_CHUNK])
 
 
 def default_runner(model: EmbeddingGemma, pad_id: int, engine: str = "auto", **options) -> Runner:
-    """`auto`: packed FlexAttention batches on CUDA (no padding waste), sorted padded batches on CPU."""
+    """`auto`: packed batches on CUDA (no padding; fused kernels, FlashAttention over the texts' offsets),
+    sorted padded batches on CPU."""
     if engine == "auto":
         engine = "packed" if model.device.type == "cuda" else "padded"
     if engine == "padded":

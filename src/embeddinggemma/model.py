@@ -2,14 +2,14 @@
 
 Reads top to bottom: RMSNorm, rotary embeddings, attention, MLP, layer, encoder, head. Numerics follow
 transformers' `models/gemma3/modeling_gemma3.py` (doc section 2); where they are subtle the comment
-says why. The attention kernel is passed in by the caller (`AttentionFn`) so the same weights run
-padded batches (dense masks, built in `embeddinggemma.masks`), packed batches (the engine) or
-quantized modules swapped in from outside, without this file knowing.
+says why. The caller passes the attention kernel per layer type (`AttentionFn`) and the pooling, so
+the same weights run padded batches, packed batches or quantized modules swapped in from outside
+without this file knowing how batches are laid out: masks and batching live in `embeddinggemma.engine`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +17,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from embeddinggemma.config import EmbeddingGemmaConfig, Gemma3TextConfig
-from embeddinggemma.masks import AttentionFn, padded_attention
-from embeddinggemma.packing import PackedBatch, packed_dense_attention
+
+# (q (B, H, T, D), k (B, Hkv, T, D), v (B, Hkv, T, D), scale) -> (B, H, T, D): applies the layer's mask
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+# final hidden states (B, T, C) -> pooled fp32 features (S, C), one row per text
+PoolFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -189,12 +192,19 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return summed / weights.sum(dim=1).clamp_min(1.0)
 
 
-def segment_mean_pool(hidden: torch.Tensor, segment_ids: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Mean per text over a packed token stream, in fp32. hidden (N, C), segment_ids (N,) -> (S, C)."""
+def segment_mean_pool(
+    hidden: torch.Tensor, segment_ids: torch.Tensor, num_segments: int, counts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean per text over a packed token stream, in fp32. hidden (N, C), segment_ids (N,) -> (S, C).
+
+    `counts` (S,), the tokens per segment when the caller knows them, spares a bincount (which waits
+    for the GPU to size its output).
+    """
     sums = torch.zeros(num_segments, hidden.shape[-1], dtype=torch.float32, device=hidden.device)
     sums.index_add_(0, segment_ids, hidden.float())
-    counts = torch.bincount(segment_ids, minlength=num_segments).clamp_min(1).to(torch.float32)
-    return sums / counts[:, None]
+    if counts is None:
+        counts = torch.bincount(segment_ids, minlength=num_segments)
+    return sums / counts.clamp_min(1).to(torch.float32)[:, None]
 
 
 class EmbeddingGemma(nn.Module):
@@ -231,33 +241,13 @@ class EmbeddingGemma(nn.Module):
         return out
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool | None = None
-    ) -> torch.Tensor:
-        """Right-padded batch (B, T) -> embeddings (B, E). The simple, exact path."""
-        hidden = self.encoder(
-            input_ids,
-            padded_position_ids(attention_mask),
-            padded_attention(attention_mask, self.encoder.config),
-        )
-        return self.project(mean_pool(hidden, attention_mask), normalize)
-
-    def forward_packed(
         self,
-        batch: PackedBatch,
-        attend: Mapping[str, AttentionFn] | None = None,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attend: Mapping[str, AttentionFn],
+        pool: PoolFn,
         normalize: bool | None = None,
     ) -> torch.Tensor:
-        """Packed texts (no padding) -> embeddings (S, E), one per text.
-
-        `attend` defaults to the dense reference masks; the engine passes fused kernels (FlexAttention).
-        """
-        attend = attend if attend is not None else packed_dense_attention(batch, self.encoder.config)
-        hidden = self.encoder(batch.input_ids, batch.position_ids, attend)[0]  # (N, C)
-        pooled = segment_mean_pool(hidden, batch.segment_ids, batch.num_texts + 1)[: batch.num_texts]
-        return self.project(pooled, normalize)
-
-
-def padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Right padding: every text's positions start at 0. (B, T) -> (B, T)."""
-    batch, length = attention_mask.shape
-    return torch.arange(length, device=attention_mask.device).expand(batch, length)
+        """Token ids (B, T) -> sentence embeddings (S, E). The engine supplies the batch layout: positions,
+        the attention kernel per layer type and the pooling (`embeddinggemma.engine.forward`)."""
+        return self.project(pool(self.encoder(input_ids, position_ids, attend)), normalize)

@@ -6,6 +6,9 @@ import pytest
 import torch
 from trainer_helpers import synthetic_batch, tiny_model
 
+from embeddinggemma.engine import varlen
+from embeddinggemma.engine.batching import pad_batch
+from embeddinggemma.engine.forward import padded_forward
 from embeddinggemma.train.gradcache import forward_backward, resolve_packing
 from embeddinggemma.train.losses import EmbeddingGemmaLoss, LossConfig
 
@@ -20,8 +23,8 @@ def _plain_gradients(model, loss_fn, batch, tokenizer) -> dict[str, torch.Tensor
     for i, negatives in enumerate(batch.hard_negative_texts):
         texts += negatives
         slots += [(i, k) for k in range(len(negatives))]
-    input_ids, mask = tokenizer.pad(tokenizer.encode(texts))
-    emb = model(input_ids, mask, normalize=False)
+    input_ids, mask = pad_batch(tokenizer.encode(texts), tokenizer.pad_id)
+    emb = padded_forward(model, input_ids, mask, normalize=False)
     b = len(batch.query_texts)
     negatives = torch.zeros(b, h, emb.shape[1])
     for (i, k), e in zip(slots, emb[2 * b :], strict=True):
@@ -110,11 +113,15 @@ def test_bad_micro_batch_budget_and_packing_are_refused(tiny_st_dir):
     with pytest.raises(ValueError, match="micro_batch_tokens"):
         forward_backward(model, loss_fn, batch, tokenizer, micro_batch_tokens=0)
     with pytest.raises(ValueError, match="packing"):
-        forward_backward(model, loss_fn, batch, tokenizer, packing="varlen")
+        forward_backward(model, loss_fn, batch, tokenizer, packing="ring")
     assert resolve_packing("auto", torch.device("cpu")) == "off"
-    assert resolve_packing("auto", torch.device("cuda")) == "flex"
-    with pytest.raises(ValueError, match="CUDA only"):
-        forward_backward(model, loss_fn, batch, tokenizer, packing="flex")
+    # varlen FlashAttention needs bf16 activations: fp32 training (no autocast) takes FlexAttention
+    assert resolve_packing("auto", torch.device("cuda"), None) == "flex"
+    expected = "flex" if varlen.unsupported_reason(torch.device("cuda"), torch.bfloat16, 256) else "varlen"
+    assert resolve_packing("auto", torch.device("cuda"), torch.bfloat16) == expected
+    for mode in ("flex", "varlen"):
+        with pytest.raises(ValueError, match="CUDA only"):
+            forward_backward(model, loss_fn, batch, tokenizer, packing=mode)
 
 
 def test_bad_hard_negative_mask_is_refused(tiny_st_dir):

@@ -25,6 +25,7 @@ from embeddinggemma.model import EmbeddingGemma
 from embeddinggemma.quant.int8 import Int8DynamicLinear, Int8Embedding, quantize_rows
 from embeddinggemma.quant.safetensors_io import RowFile, SafetensorsReader
 from embeddinggemma.quant.smooth import CALIBRATION_TEXTS, activation_absmax, smooth_
+from embeddinggemma.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +110,8 @@ def _int8_state(model: EmbeddingGemma) -> dict[str, torch.Tensor]:
 
 def _convert_to_cache(name_or_path: str | Path, target: Path, revision: str | None) -> None:
     """Once per checkpoint: load fp32, calibrate, smooth, quantize, write an int8 safetensors file."""
-    from embeddinggemma.embedder import Embedder
-
     model, info = load_checkpoint(name_or_path, dtype=torch.float32, device="cpu", revision=revision)
-    tokenizer = Embedder.from_model(model, info).tokenizer
+    tokenizer = load_tokenizer(info.path, info.config.backbone, max_length=info.config.max_seq_length)
     calibrate_and_quantize_(model, tokenizer)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from embeddinggemma.engine.batching import pad_batch
+from embeddinggemma.engine.forward import padded_forward
 from embeddinggemma.model import EmbeddingGemma, EncoderLayer
-from embeddinggemma.packing import pad_batch
 
 # Diverse calibration inputs with the trained prompts: short and long, several scripts, code.
 CALIBRATION_TEXTS = (
@@ -87,7 +88,7 @@ def activation_absmax(
         for start in range(0, len(token_ids), 8):
             input_ids, attention_mask = pad_batch(token_ids[start : start + 8], pad_id)
             valid["mask"] = attention_mask.bool().to(model.device)
-            model(input_ids.to(model.device), attention_mask.to(model.device))
+            padded_forward(model, input_ids.to(model.device), attention_mask.to(model.device))
     finally:
         for handle in hooks:
             handle.remove()

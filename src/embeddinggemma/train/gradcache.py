@@ -21,7 +21,8 @@ would), and back-propagates the gradient of its own rows only; a sum over ranks 
 gradients then equals the single-process gradient.
 
 ``embed_token_ids`` is the single place where token ids become embeddings: padded rows, or packed
-(padding-free) sequences through the inference engine's ``packed_forward`` (FlexAttention on CUDA).
+(padding-free) sequences through the engine's ``packed_forward`` (FlashAttention varlen or FlexAttention
+on CUDA, compiled layer by layer).
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from embeddinggemma.engine import varlen
+from embeddinggemma.engine.batching import pack, pad_batch, token_budget_batches
 from embeddinggemma.engine.flex import BLOCK_SIZE
-from embeddinggemma.engine.runners import packed_forward
+from embeddinggemma.engine.forward import packed_forward, padded_forward
 from embeddinggemma.model import EmbeddingGemma
-from embeddinggemma.packing import pack, token_budget_batches
 from embeddinggemma.tokenizer import TextTokenizer, TruncationWarning
 from embeddinggemma.train.distributed import DistributedContext
 
-PACKING_MODES = ("off", "dense", "flex")
+PACKING_MODES = ("off", "dense", "flex", "varlen")
 
 __all__ = [
     "BatchLike",
@@ -69,15 +71,21 @@ class BatchLike(Protocol):
     def slice(self, start: int, stop: int) -> BatchLike: ...
 
 
-def resolve_packing(packing: str, device: torch.device) -> str:
-    """ "auto" -> "flex" on CUDA (no padding, block-sparse kernels), "off" on CPU (length-sorted padded
+def resolve_packing(packing: str, device: torch.device, autocast_dtype: torch.dtype | None = torch.bfloat16) -> str:
+    """ "auto" -> on CUDA "varlen" (FlashAttention over the texts' offsets; needs bf16 autocast and a
+    PyTorch that has it), else "flex" (block-sparse FlexAttention); "off" on CPU (length-sorted padded
     micro-batches waste little there, and dense packed masks cost N^2)."""
     if packing == "auto":
-        return "flex" if device.type == "cuda" else "off"
+        if device.type != "cuda":
+            return "off"
+        usable = autocast_dtype is not None and varlen.unsupported_reason(device, autocast_dtype, 0) is None
+        return "varlen" if usable else "flex"
     if packing not in PACKING_MODES:
         raise ValueError(f"packing must be 'auto' or one of {PACKING_MODES}, got {packing!r}")
-    if packing == "flex" and device.type != "cuda":
-        raise ValueError("packing 'flex' trains on CUDA only (FlexAttention has no CPU backward); use 'dense' or 'off'")
+    if packing in ("flex", "varlen") and device.type != "cuda":
+        raise ValueError(f"packing {packing!r} trains on CUDA only (no CPU backward kernel); use 'dense' or 'off'")
+    if packing == "varlen" and (reason := varlen.unsupported_reason(device, autocast_dtype, 0)) is not None:
+        raise ValueError(f"packing 'varlen' is not available: {reason}; use 'flex' (or precision bfloat16)")
     return packing
 
 
@@ -91,16 +99,16 @@ def embed_token_ids(
 ) -> Tensor:
     """Un-normalised embeddings (N, E) of one micro-batch, in the current grad mode.
 
-    ``packing="off"``: right-padded rows. ``"dense"`` / ``"flex"``: the texts concatenated into one
-    sequence with per-text positions and block-diagonal (+ sliding band) masks, no padding waste. On CUDA
-    flex is compiled and every micro-batch is padded to a multiple of ``budget`` tokens, so one graph
-    (forward and backward) serves the whole run.
+    ``packing="off"``: right-padded rows. ``"dense"`` / ``"flex"`` / ``"varlen"``: the texts concatenated
+    into one sequence with per-text positions and block-diagonal (+ sliding band) attention, no padding
+    waste. On CUDA the layers are compiled and every micro-batch is padded to a multiple of ``budget``
+    tokens, so one graph (forward and backward) serves the whole run.
     """
     device = next(model.parameters()).device
     if packing == "off":
-        input_ids, attention_mask = tokenizer.pad(token_ids)
-        return model(input_ids.to(device), attention_mask.to(device), normalize=False)
-    compiled = packing == "flex" and device.type == "cuda"
+        input_ids, attention_mask = pad_batch(token_ids, tokenizer.pad_id)
+        return padded_forward(model, input_ids.to(device), attention_mask.to(device), normalize=False)
+    compiled = packing in ("flex", "varlen") and device.type == "cuda"
     multiple = (budget or BLOCK_SIZE) if compiled else BLOCK_SIZE if packing == "flex" else 1
     batch = pack(token_ids, pad_id=tokenizer.pad_id, multiple_of=multiple).to(device)
     return packed_forward(model, batch, attention=packing, compile=compiled)
@@ -198,7 +206,7 @@ def forward_backward(
     if micro_batch_tokens < 1:
         raise ValueError(f"micro_batch_tokens must be positive, got {micro_batch_tokens}")
     ctx = ctx or DistributedContext(device=next(model.parameters()).device)
-    packing = resolve_packing(packing, ctx.device)
+    packing = resolve_packing(packing, ctx.device, autocast_dtype)
     start, stop = ctx.row_range(len(batch.query_texts))
     local = batch.slice(start, stop) if ctx.distributed else batch
     layout = _layout(local)

@@ -93,7 +93,7 @@ class TrainConfig:
     steps: int
     output_dir: str
     micro_batch_tokens: int = 16384  # tokens per forward (padded tokens when not packing)
-    packing: str = "auto"  # auto: flex (no padding) on CUDA, padded on CPU; or off, dense, flex
+    packing: str = "auto"  # auto: varlen (or flex) on CUDA, padded on CPU; or off, dense, flex, varlen
     gradient_cache: bool = True
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or float32, bfloat16
     device: str | None = None  # None: CUDA when available
@@ -111,8 +111,8 @@ class TrainConfig:
             )
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise RecipeError(f"train.precision {self.precision!r} is not one of auto, float32, bfloat16")
-        if self.packing not in ("auto", "off", "dense", "flex"):
-            raise RecipeError(f"train.packing {self.packing!r} is not one of auto, off, dense, flex")
+        if self.packing not in ("auto", "off", "dense", "flex", "varlen"):
+            raise RecipeError(f"train.packing {self.packing!r} is not one of auto, off, dense, flex, varlen")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from torch import nn
 
 from embeddinggemma.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from embeddinggemma.model import EmbeddingGemma
-from embeddinggemma.tokenizer import TextTokenizer
+from embeddinggemma.tokenizer import TextTokenizer, load_tokenizer
 from embeddinggemma.train.distributed import DistributedContext
 from embeddinggemma.train.gradcache import forward_backward, resolve_packing
 from embeddinggemma.train.recipes import DataConfig, EvalConfig, OptimConfig, Recipe, TrainConfig, recipe_to_dict
@@ -138,7 +138,7 @@ class Trainer:
         if model.dtype != torch.float32:
             raise ValueError(f"train float32 master weights (got {model.dtype}); precision sets the autocast dtype")
         self.autocast = resolve_autocast(train.precision, self.ctx.device)
-        self.packing = resolve_packing(train.packing, self.ctx.device)
+        self.packing = resolve_packing(train.packing, self.ctx.device, self.autocast)
         model.requires_grad_(True).train()
         model.encoder.gradient_checkpointing = gradient_checkpointing
         self.optimizer = build_optimizer(model, loss_fn, optim, freeze_embeddings=freeze_embeddings)
@@ -492,14 +492,13 @@ def train_recipe(recipe: Recipe, *, loader: Any = None) -> Path:
 
     ``loader`` replaces the recipe's data (tests, custom pipelines).
     """
-    from embeddinggemma.embedder import Embedder
     from embeddinggemma.train.distributed import init_distributed
     from embeddinggemma.train.losses import EmbeddingGemmaLoss
     from embeddinggemma.train.student import student_from_model
 
     ctx = init_distributed(recipe.train.device)
-    resolve_autocast(recipe.train.precision, ctx.device)  # refuse a bad precision before loading anything
-    resolve_packing(recipe.train.packing, ctx.device)
+    # refuse a bad precision or packing before loading anything
+    resolve_packing(recipe.train.packing, ctx.device, resolve_autocast(recipe.train.precision, ctx.device))
     torch.manual_seed(recipe.train.seed)
     random.seed(recipe.train.seed)
     model, info = load_checkpoint(recipe.model.checkpoint, dtype=torch.float32, device=ctx.device)
@@ -508,7 +507,7 @@ def train_recipe(recipe: Recipe, *, loader: Any = None) -> Path:
         info = CheckpointInfo(path=info.path, config=model.config, prompts=info.prompts)
         logger.info("student: kept teacher layers %s", kept)
     limit = min(recipe.model.max_seq_length, info.config.max_seq_length)
-    tokenizer = Embedder.from_model(model, info, max_seq_length=limit).tokenizer
+    tokenizer = load_tokenizer(info.path, info.config.backbone, max_length=limit)
     loss_fn = EmbeddingGemmaLoss(recipe.loss).to(ctx.device)
     output_dir = Path(recipe.train.output_dir)
     if loader is None:

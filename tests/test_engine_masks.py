@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from embeddinggemma.config import FULL_ATTENTION, SLIDING_ATTENTION, EmbeddingGemmaConfig
-from embeddinggemma.masks import band_mask, padded_attention, padded_masks
+from embeddinggemma.engine.masks import band_mask, padded_attention, padded_masks
 
 CONFIG = EmbeddingGemmaConfig.tiny().backbone  # sliding_window 6 -> radius 3
 

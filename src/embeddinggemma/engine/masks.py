@@ -1,4 +1,7 @@
-"""Attention masks for padded batches, and the SDPA kernel that applies them (doc section 2).
+"""Dense attention masks for padded and packed batches, and the SDPA kernel that applies them (doc section 2).
+
+These are the reference masks: exact, simple, O(T^2) memory. The fast kernels (`engine.flex`,
+`engine.varlen`) are tested against them.
 
 Bidirectional Gemma 3 has two masks:
 - full layers: every query sees every non-padding key;
@@ -11,15 +14,12 @@ see itself, which changes nothing for real tokens (their diagonal is already vis
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
 from embeddinggemma.config import FULL_ATTENTION, SLIDING_ATTENTION, Gemma3TextConfig
-
-# (q (B, H, T, D), k (B, Hkv, T, D), v (B, Hkv, T, D), scale) -> (B, H, T, D)
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+from embeddinggemma.engine.batching import PackedBatch
+from embeddinggemma.model import AttentionFn
 
 
 def band_mask(length: int, radius: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -58,3 +58,20 @@ def sdpa_attention(mask: torch.Tensor | None) -> AttentionFn:
 
 def padded_attention(attention_mask: torch.Tensor, config: Gemma3TextConfig) -> dict[str, AttentionFn]:
     return {kind: sdpa_attention(mask) for kind, mask in padded_masks(attention_mask, config).items()}
+
+
+def packed_masks(batch: PackedBatch, config: Gemma3TextConfig) -> dict[str, torch.Tensor]:
+    """Dense (1, 1, N, N) boolean masks: same segment, and within the band on sliding layers.
+
+    The reference for the fast kernels, and the CPU training path for moderate N. Filler tokens form
+    their own segments, so no row is empty.
+    """
+    segments = batch.segment_ids
+    positions = batch.position_ids[0]
+    same_text = segments[:, None] == segments[None, :]
+    band = (positions[:, None] - positions[None, :]).abs() <= config.window_radius
+    return {FULL_ATTENTION: same_text[None, None], SLIDING_ATTENTION: (same_text & band)[None, None]}
+
+
+def packed_dense_attention(batch: PackedBatch, config: Gemma3TextConfig) -> dict[str, AttentionFn]:
+    return {kind: sdpa_attention(mask) for kind, mask in packed_masks(batch, config).items()}
