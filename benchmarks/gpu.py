@@ -144,8 +144,9 @@ def read_corpus(path: Path) -> list[str]:
 class Run:
     """Steps with a time budget; results saved after each one, failures recorded and skipped past."""
 
-    def __init__(self, out: Path | None, budget: float) -> None:
+    def __init__(self, out: Path | None, budget: float, only: list[str] | None = None) -> None:
         self.out, self.budget, self.start = out, budget, time.perf_counter()
+        self.only = set(only or ()) | {"env", "setup"} if only else None
         self.results: dict = {"steps": {}}
 
     def elapsed(self) -> float:
@@ -159,6 +160,8 @@ class Run:
             tmp.replace(self.out)
 
     def step(self, name: str, estimate: float, fn: Callable[[], dict]) -> dict | None:
+        if self.only is not None and name not in self.only:
+            return None
         left = self.budget - self.elapsed()
         if estimate > left:
             self.results["steps"][name] = {"skipped": f"needs ~{estimate:.0f} s, {left:.0f} s left in the budget"}
@@ -277,7 +280,9 @@ def train_speed(model_dir: Path, corpus: list[str], device: str, options: dict, 
 
     model, info = load_checkpoint(model_dir, dtype=torch.float32, device=device)
     tokenizer = load_tokenizer(info.path, info.config.backbone, max_length=512)
-    loss_fn = EmbeddingGemmaLoss(LossConfig(distill_weight=0.0)).to(device)
+    width = info.config.embedding_dim
+    dims = tuple(d for d in (768, 512, 256, 128) if d <= width) or (width,)  # the smoke model is narrow
+    loss_fn = EmbeddingGemmaLoss(LossConfig(distill_weight=0.0, matryoshka_dims=dims)).to(device)
     freeze = options.pop("freeze_embeddings", False)
     train = TrainConfig(steps=1000, output_dir=tempfile.mkdtemp(prefix="eg-train-"), **options)
     trainer = Trainer(
@@ -323,6 +328,7 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=330.0, help="seconds for all steps")
     parser.add_argument("--smoke", action="store_true", help="CPU, 2-layer model, few texts: checks the script")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", nargs="+", default=None, help="run only these steps (env and setup always run)")
     parser.add_argument("--first-call", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     parser.add_argument("--passages", type=int, default=1000, help=argparse.SUPPRESS)
@@ -351,7 +357,7 @@ def main() -> None:
             layer_types=("sliding_attention", "full_attention"),
         )
         config = EmbeddingGemmaConfig(backbone=backbone, head=HeadConfig(dense_features=(128, 64)))
-    run = Run(args.out, args.time_budget)
+    run = Run(args.out, args.time_budget, args.only)
     run.results.update(
         date=time.strftime("%Y-%m-%d"),
         device=torch.cuda.get_device_name() if device == "cuda" else f"cpu (smoke): {platform.processor()}",
@@ -558,8 +564,6 @@ def main() -> None:
     if "model_dir" not in state:
         return
     run.step("ours_default", 20, ours_default)
-    if "ours" not in state:
-        return
     run.step("sentence_transformers", 45, sentence_transformers_best)
     if "st_out" in state:
         run.step("parity_bf16", 1, parity)

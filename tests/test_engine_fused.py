@@ -165,3 +165,18 @@ def test_warm_up_checks_the_fused_path_and_falls_back(tiny, monkeypatch):
         broken._warm.result(timeout=120)
     torch.testing.assert_close(broken.embed(token_ids), expected, atol=2e-5, rtol=1e-4)
     assert broken.path == "modules"
+
+
+def test_pipelined_encode_equals_encode(tiny, monkeypatch):
+    """On the GPU engine `encode` tokenises chunk k+1 while chunk k is embedded: same rows, same order."""
+    from embeddinggemma import embedder as embedder_module
+
+    monkeypatch.setattr(embedder_module, "FIRST_PIPELINE_CHUNK", 2)
+    monkeypatch.setattr(embedder_module, "PIPELINE_CHUNK", 8)
+    texts = [f"{t} {i}" for i, t in enumerate(TEXTS * 7)]
+    chunks = list(embedder_module._growing_chunks(texts))
+    assert [len(c) for c in chunks] == [2, 4, 8, 8, 8, 5] and [t for c in chunks for t in c] == texts
+    prompted = [tiny.prompts["query"] + t for t in texts]
+    got = tiny._embed_pipelined(prompted, show_progress=False, on_truncation="warn")
+    want = tiny.runner.embed(tiny.tokenizer.encode(prompted))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

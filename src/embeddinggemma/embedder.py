@@ -30,9 +30,8 @@ logger = logging.getLogger(__name__)
 Output = Literal["numpy", "torch"]
 Texts = str | Iterable[str]
 
-# Texts tokenised per step when tokenisation overlaps the device's work (GPU engine): ~1M tokens of
-# passages; the first chunk is small so the device starts early.
-PIPELINE_CHUNK = 4096
+# Texts tokenised per step when tokenisation overlaps the device's work (GPU engine).
+PIPELINE_CHUNK = 16384
 FIRST_PIPELINE_CHUNK = 512
 
 _DTYPES = {
@@ -351,7 +350,7 @@ class Embedder:
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if len(texts) > PIPELINE_CHUNK and getattr(self.runner, "pipelined", False):
+        if len(texts) > FIRST_PIPELINE_CHUNK and getattr(self.runner, "pipelined", False):
             embeddings = self._embed_pipelined(texts, show_progress=show_progress, on_truncation=on_truncation)
         elif texts:
             token_ids = self.tokenizer.encode(texts, on_truncation=on_truncation)
@@ -431,9 +430,12 @@ class Embedder:
 
 
 def _growing_chunks(texts: Sequence[str]) -> Iterator[list[str]]:
-    yield list(texts[:FIRST_PIPELINE_CHUNK])
-    for start in range(FIRST_PIPELINE_CHUNK, len(texts), PIPELINE_CHUNK):
-        yield list(texts[start : start + PIPELINE_CHUNK])
+    """Chunks that double from FIRST_PIPELINE_CHUNK to PIPELINE_CHUNK texts: the device starts after a
+    small chunk, and each chunk tokenises (several threads) while the device embeds the one before."""
+    start, size = 0, FIRST_PIPELINE_CHUNK
+    while start < len(texts):
+        yield list(texts[start : start + size])
+        start, size = start + size, min(2 * size, PIPELINE_CHUNK)
 
 
 def default_runner(model: EmbeddingGemma, pad_id: int, engine: str = "auto", **options) -> Runner:

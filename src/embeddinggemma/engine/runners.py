@@ -89,8 +89,9 @@ class PackedRunner:
 
     - `attention`: "varlen", "flex", "dense" or "auto" (`default_attention`).
     - `path`: "fused" (Triton kernels, CUDA), "modules" (the model's own layers) or "auto" (fused where it
-      runs). `compile=True` compiles the model's layers instead (path "modules"), batches padded to
-      power-of-two token counts so a handful of shapes serve the whole run.
+      runs). `compile=True` compiles the model's layers instead (path "modules"). Compiled kernels
+      (`compile`, and FlexAttention on CUDA) see batches padded to power-of-two token counts, so a
+      handful of shapes serve the whole run; varlen FlashAttention needs no padding at all.
     - `max_batch_tokens` bounds memory; the number of texts per batch is not capped.
     """
 
@@ -124,8 +125,8 @@ class PackedRunner:
         return self.model.device.type == "cuda"
 
     def _multiple_of(self, tokens: int) -> int:
-        if self.compile:  # few static shapes for the compiled graphs
-            return max(1024, 1 << (tokens - 1).bit_length())
+        if self.compile or (self.attention == "flex" and self.model.device.type == "cuda"):
+            return max(1024, 1 << (tokens - 1).bit_length())  # a few static shapes for the compiled kernels
         return 1 if self.attention == "varlen" else 128
 
     def _prepare(self, token_ids: Sequence[Sequence[int]], rows: list[int]) -> PackedBatch:
