@@ -167,10 +167,12 @@ def test_warm_up_checks_the_fused_path_and_falls_back(tiny, monkeypatch):
     assert broken.path == "modules"
 
 
-def test_pipelined_encode_equals_encode(tiny, monkeypatch):
-    """On the GPU engine `encode` tokenises chunk k+1 while chunk k is embedded: same rows, same order."""
+def test_pipelined_encode_equals_encode(tiny_st_dir, monkeypatch):
+    """On the GPU engine `encode` tokenises chunk k+1 while chunk k is embedded, and the runner carries
+    on across chunks: same rows, same order as one call."""
     from embeddinggemma import embedder as embedder_module
 
+    tiny = Embedder.from_pretrained(tiny_st_dir, device="cpu", engine="packed", max_batch_tokens=64)
     monkeypatch.setattr(embedder_module, "FIRST_PIPELINE_CHUNK", 2)
     monkeypatch.setattr(embedder_module, "PIPELINE_CHUNK", 8)
     texts = [f"{t} {i}" for i, t in enumerate(TEXTS * 7)]

@@ -372,11 +372,8 @@ class Embedder:
             return self.tokenizer.encode(chunk, on_truncation=on_truncation)
 
         with tqdm(total=len(texts), disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
-            blocks = [
-                self.runner.embed(token_ids, progress=bar.update)
-                for token_ids in prefetch_map(tokenize, _growing_chunks(texts))
-            ]
-        return torch.cat(blocks)
+            token_chunks = prefetch_map(tokenize, _growing_chunks(texts))
+            return torch.cat(list(self.runner.embed_chunks(token_chunks, progress=bar.update)))
 
     def embed_token_ids(
         self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 32, show_progress: bool = False

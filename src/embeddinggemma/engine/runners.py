@@ -17,7 +17,7 @@ import collections
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -125,9 +125,14 @@ class PackedRunner:
         return self.model.device.type == "cuda"
 
     def _multiple_of(self, tokens: int) -> int:
-        if self.compile or (self.attention == "flex" and self.model.device.type == "cuda"):
+        on_cuda = self.model.device.type == "cuda"
+        if self.compile or (self.attention == "flex" and on_cuda):
             return max(1024, 1 << (tokens - 1).bit_length())  # a few static shapes for the compiled kernels
-        return 1 if self.attention == "varlen" else 128
+        if on_cuda:
+            # cuBLAS picks (and JIT-builds) a kernel per new matmul shape: multiples of 1,024 tokens make
+            # the shapes repeat (full batches all become 65,536) for at most 1.5% filler
+            return 1024
+        return 128 if self.attention == "flex" else 1
 
     def _prepare(self, token_ids: Sequence[Sequence[int]], rows: list[int]) -> PackedBatch:
         texts = [token_ids[i] for i in rows]
@@ -148,42 +153,70 @@ class PackedRunner:
             self.path = "modules"
         return self.path
 
-    @torch.inference_mode()
     def embed(
         self, token_ids: Sequence[Sequence[int]], *, max_texts: int | None = None, progress: Progress | None = None
     ) -> torch.Tensor:
         """`max_texts` is accepted for the Runner protocol and ignored: packed batches are bounded by tokens."""
-        lengths = [len(ids) for ids in token_ids]
-        budget = max(self.max_batch_tokens, max(lengths, default=0))  # an over-long text still fits alone
-        plan = token_budget_batches(lengths, budget)
+        return next(self.embed_chunks([token_ids], progress=progress))
+
+    @torch.inference_mode()
+    def embed_chunks(
+        self, chunks: Iterable[Sequence[Sequence[int]]], *, progress: Progress | None = None
+    ) -> Iterator[torch.Tensor]:
+        """The embeddings of each chunk of token ids in turn (fp32, CPU, input order), with the device kept
+        busy across chunk boundaries: a chunk's results come back by an asynchronous copy while the next
+        chunk's batches run, and the host waits only for batches `IN_FLIGHT_BATCHES` behind."""
         device = self.model.device
-        results: list[torch.Tensor] = []
-        in_flight: collections.deque = collections.deque()
-        for rows, batch in zip(plan, _prefetched(self._prepare, token_ids, plan), strict=True):
-            batch = batch.to(device, non_blocking=self.pipelined)
-            embeddings = packed_forward(
-                self.model, batch, attention=self.attention, path=self._path_for(batch), compile=self.compile
-            )
-            results.append(embeddings.float())
-            if self.pipelined:
-                event = torch.cuda.Event()
-                event.record()
-                in_flight.append((event, len(rows)))
+        width = self.model.config.embedding_dim
+        in_flight: collections.deque = collections.deque()  # (event, texts) per batch, for backpressure
+        finished: collections.deque = collections.deque()  # (event, order, results on host) per chunk
+        for token_ids in chunks:
+            lengths = [len(ids) for ids in token_ids]
+            budget = max(self.max_batch_tokens, max(lengths, default=0))  # an over-long text still fits alone
+            plan = token_budget_batches(lengths, budget)
+            results = []
+            for rows, batch in zip(plan, _prefetched(self._prepare, token_ids, plan), strict=True):
+                batch = batch.to(device, non_blocking=self.pipelined)
+                path, attention = self._path_for(batch), self.attention
+                embeddings = packed_forward(self.model, batch, attention=attention, path=path, compile=self.compile)
+                results.append(embeddings.float())
+                if not self.pipelined:
+                    if progress:
+                        progress(len(rows))
+                    continue
+                in_flight.append((_recorded_event(), len(rows)))
                 while len(in_flight) > IN_FLIGHT_BATCHES:
-                    done, count = in_flight.popleft()
-                    done.synchronize()
+                    event, count = in_flight.popleft()
+                    event.synchronize()
                     if progress:
                         progress(count)
-            elif progress:
-                progress(len(rows))
-        out = torch.empty(len(token_ids), self.model.config.embedding_dim, dtype=torch.float32)
-        if results:
-            order = torch.tensor([i for rows in plan for i in rows])
-            out[order] = torch.cat(results).cpu()
-        for _, count in in_flight:
+                while finished and finished[0][0].query():
+                    yield _in_input_order(*finished.popleft()[1:], width)
+            order = torch.tensor([i for rows in plan for i in rows], dtype=torch.long)
+            host = torch.cat(results).to("cpu", non_blocking=self.pipelined) if results else torch.empty(0, width)
+            finished.append((_recorded_event() if self.pipelined else None, order, host))
+            if not self.pipelined:
+                yield _in_input_order(*finished.popleft()[1:], width)
+        for event, count in in_flight:
+            event.synchronize()
             if progress:
                 progress(count)
-        return out
+        while finished:
+            event, order, host = finished.popleft()
+            event.synchronize()
+            yield _in_input_order(order, host, width)
+
+
+def _recorded_event() -> torch.cuda.Event:
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+def _in_input_order(order: torch.Tensor, embeddings: torch.Tensor, width: int) -> torch.Tensor:
+    out = torch.empty(len(order), width, dtype=torch.float32)
+    out[order] = embeddings
+    return out
 
 
 def _prefetched(prepare, token_ids, plan: list[list[int]], depth: int = 2) -> Iterator[PackedBatch]:

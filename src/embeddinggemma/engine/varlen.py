@@ -22,13 +22,17 @@ from embeddinggemma.model import AttentionFn
 MAX_HEAD_DIM = 256
 
 
-@functools.cache
-def _varlen_attn():
+def _find_varlen_attn():
     if importlib.util.find_spec("torch.nn.attention.varlen") is None:
         return None
     from torch.nn.attention.varlen import varlen_attn
 
     return varlen_attn if "window_size" in inspect.signature(varlen_attn).parameters else None
+
+
+# Resolved once at import: looking it up inside a compiled layer would make torch.compile trace
+# `inspect`/`importlib` (a graph break in every layer).
+_KERNEL = _find_varlen_attn()
 
 
 def unsupported_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
@@ -39,7 +43,7 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype, head_dim: int) 
         return f"FlashAttention needs bfloat16 activations, got {dtype}"
     if head_dim > MAX_HEAD_DIM:
         return f"FlashAttention supports head_dim <= {MAX_HEAD_DIM}, got {head_dim}"
-    if _varlen_attn() is None:
+    if _KERNEL is None:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn with window_size"
     return _self_check(device.index if device.index is not None else torch.cuda.current_device())
 
@@ -81,7 +85,7 @@ def varlen_attend_packed(
 ) -> torch.Tensor:
     """q (N, H, D), k/v (N, Hkv, D) of a packed stream -> (N, H, D)."""
     window = (-1, -1) if radius is None else (radius, radius)
-    return _varlen_attn()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale, window_size=window)
+    return _KERNEL(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale, window_size=window)
 
 
 def _varlen_attend_model(q, k, v, scale, *, dtype: torch.dtype, **kwargs) -> torch.Tensor:
