@@ -233,17 +233,15 @@ def first_call(model_dir: str, device: str, passages: int) -> dict:
     }
 
 
+def _child_env(**extra: str) -> dict[str, str]:
+    source = str(Path(__file__).resolve().parents[1] / "src")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]), **extra}
+
+
 def first_call_subprocesses(model_dir: Path, device: str, passages: int) -> dict:
     """Two new processes sharing fresh Triton/Inductor cache directories: the first cold, the second warm."""
     caches = Path(tempfile.mkdtemp(prefix="eg-caches-"))
-    env = {
-        **os.environ,
-        "TRITON_CACHE_DIR": str(caches / "triton"),
-        "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
+    env = _child_env(TRITON_CACHE_DIR=str(caches / "triton"), TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"))
     out = {}
     for label in ("cold", "warm"):
         begin = time.perf_counter()
@@ -353,9 +351,18 @@ def main() -> None:
     parser.add_argument("--first-call", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     parser.add_argument("--passages", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--train-job", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.first_call:
         print(json.dumps(first_call(args.first_call, args.device, args.passages)))
+        return
+    if args.train_job:
+        job = json.loads(args.train_job)
+        corpus = read_corpus(args.corpus)[: 24 if job["smoke"] else None]
+        result = train_speed(
+            args.checkpoint_files, corpus, args.device, job["options"], job["rows"], job["steps"], job["profile"]
+        )
+        print(json.dumps(result))
         return
     if not args.checkpoint_files or not args.corpus:
         parser.error("--checkpoint-files and --corpus are required")
@@ -542,8 +549,19 @@ def main() -> None:
         return first_call_subprocesses(state["model_dir"], device, 20 if args.smoke else 1000)
 
     def training(options: dict, profile: bool = False) -> Callable[[], dict]:
-        rows, steps = args.train_rows, args.train_steps
-        return lambda: train_speed(state["model_dir"], corpus, device, dict(options), rows, steps, profile)
+        """Each configuration in a new process: compiled graphs of one must not count against another's
+        recompilation limit (a training job runs one configuration)."""
+        job = dict(options=options, rows=args.train_rows, steps=args.train_steps, profile=profile, smoke=args.smoke)
+
+        def measure() -> dict:
+            command = [sys.executable, __file__, "--train-job", json.dumps(job), "--device", device]
+            command += ["--checkpoint-files", str(state["model_dir"]), "--corpus", str(args.corpus)]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=_child_env())
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-3000:])
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        return measure
 
     def corpus_breakdown() -> dict:
         return breakdown(state["ours"], [DOCUMENT_PROMPT + t for t in corpus], sum(state["lengths"]))
