@@ -45,6 +45,8 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype, head_dim: int) 
         return f"FlashAttention supports head_dim <= {MAX_HEAD_DIM}, got {head_dim}"
     if _KERNEL is None:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn with window_size"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
     return _self_check(device.index if device.index is not None else torch.cuda.current_device())
 
 
