@@ -21,7 +21,7 @@ import logging
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -139,15 +139,18 @@ def load_weights(
     prefix: str = "",
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
+    config_file: Path | None = None,
 ) -> None:
     """Strictly fill `module` (possibly on the meta device) from safetensors files.
 
     Tensors are read one at a time and cast on the way, so loading in bf16 never holds an fp32 copy
-    of the whole model. `prefix` is prepended to file keys to find the parameter.
+    of the whole model. `prefix` is prepended to file keys to find the parameter. `config_file` is
+    the file the module's shapes came from, named when the weights do not fit them.
     """
     expected = module.state_dict()
     loaded: dict[str, torch.Tensor] = {}
-    unexpected, mismatched = [], []
+    unexpected: list[str] = []
+    mismatched: dict[str, str] = {}
     for name, file, handle in _iter_tensors(files):
         key = prefix + name
         if key not in expected:
@@ -155,22 +158,33 @@ def load_weights(
             continue
         shape = tuple(handle.get_slice(name).get_shape())
         if shape != tuple(expected[key].shape):
-            mismatched.append(f"{name}: file {shape} vs model {tuple(expected[key].shape)}")
+            mismatched[key] = f"{name} is {shape} in {file.name}, {tuple(expected[key].shape)} by the config"
             continue
         try:
             tensor = handle.get_tensor(name)
         except Exception as exc:
             raise CheckpointError(f"cannot read tensor {name} from {file}: {exc}; the file is corrupt") from exc
         loaded[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() and dtype else None)
-    missing = sorted(set(expected) - set(loaded) - {m.split(" ")[0] for m in mismatched})
+    where = ", ".join(str(f) for f in files)
+    if mismatched:  # the usual cause: a config.json edited or copied from another model size
+        first = next(iter(mismatched.values()))
+        source = config_file or "the config"
+        raise CheckpointError(
+            f"{source} does not describe the weights in {where}: {len(mismatched)} tensor(s) have other shapes "
+            f"(e.g. {first}); restore the config.json that came with these weights"
+        )
+    missing = sorted(set(expected) - set(loaded))
     problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+    for label, items in (("missing", missing), ("unexpected", unexpected)):
         if items:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            shown = ", ".join(items[:3]) + (f", ... ({len(items)} in all)" if len(items) > 3 else "")
             problems.append(f"{label}: {shown}")
     if problems:
-        where = ", ".join(str(f) for f in files)
-        raise CheckpointError(f"checkpoint does not match the model ({where}): " + "; ".join(problems))
+        hint = f" or {config_file}" if config_file else ""
+        raise CheckpointError(
+            f"the weights in {where}{hint} do not match the model: " + "; ".join(problems) + "; the checkpoint "
+            "is incomplete or of another architecture"
+        )
     module.load_state_dict(loaded, strict=True, assign=True)
 
 
@@ -187,6 +201,13 @@ def _read_modules(root: Path) -> list[dict[str, Any]]:
         raise CheckpointError(f"modules.json lists {kinds}; expected Transformer, Pooling, Dense..., Normalize")
     for module, kind in zip(modules, kinds, strict=True):
         module["kind"] = kind
+        path = module.get("path", "")
+        parts = PurePosixPath(path).parts if isinstance(path, str) else None
+        if parts is None or PurePosixPath(path).is_absolute() or ".." in parts or "\\" in path:
+            raise CheckpointError(
+                f"{modules_file}: module {module.get('name', kind)!r} has path {path!r}; module paths must be "
+                "folders inside the checkpoint directory"
+            )
     unknown = [k for k in kinds[2:] if k not in ("Dense", "Normalize")]
     if unknown:
         raise CheckpointError(f"modules.json has modules this implementation cannot run: {unknown}")
@@ -268,7 +289,9 @@ def load_encoder(
         raise CheckpointError(f"{directory / 'config.json'}: {exc}") from exc
     with torch.device("meta"):
         encoder = Gemma3Encoder(config)
-    load_weights(encoder, _safetensors_files(directory), dtype=dtype, device=device)
+    load_weights(
+        encoder, _safetensors_files(directory), dtype=dtype, device=device, config_file=directory / "config.json"
+    )
     return encoder
 
 
@@ -284,10 +307,24 @@ def load_checkpoint(
     info, modules = read_checkpoint_info(root)
     with torch.device("meta"):
         model = EmbeddingGemma(info.config)
-    load_weights(model.encoder, _safetensors_files(root / modules[0].get("path", "")), dtype=dtype, device=device)
+    transformer_dir = root / modules[0].get("path", "")
+    load_weights(
+        model.encoder,
+        _safetensors_files(transformer_dir),
+        dtype=dtype,
+        device=device,
+        config_file=transformer_dir / "config.json",
+    )
     dense_modules = [m for m in modules[2:] if m["kind"] == "Dense"]
     for linear, module in zip(model.dense, dense_modules, strict=True):
-        load_weights(_DenseFile(linear), _safetensors_files(root / module["path"]), dtype=dtype, device=device)
+        folder = root / module["path"]
+        load_weights(
+            _DenseFile(linear),
+            _safetensors_files(folder),
+            dtype=dtype,
+            device=device,
+            config_file=folder / "config.json",
+        )
     model.eval().requires_grad_(False)
     return model, info
 

@@ -9,6 +9,7 @@ it is described by `HeadConfig`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,22 @@ MATRYOSHKA_DIMS = (768, 512, 256, 128)
 
 class ConfigError(ValueError):
     """A config.json that this implementation cannot run faithfully."""
+
+
+def _check_type(key: str, value: Any, annotation: str) -> None:
+    """JSON values of the declared field type ("768" for an int, or true for a number, is a ConfigError)."""
+    accepted: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+    if annotation.startswith("tuple"):
+        ok = isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
+        expected = "a list of strings"
+    else:
+        kinds = accepted.get(annotation, (object,))
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        expected = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(
+            annotation, annotation
+        )
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {json.dumps(value)}")
 
 
 @dataclass(frozen=True)
@@ -111,9 +128,11 @@ class Gemma3TextConfig:
             raise ConfigError(f"rope_scaling={raw['rope_scaling']!r} is not supported (EmbeddingGemma uses none)")
 
         kwargs: dict[str, Any] = {}
-        names = {f.name for f in dataclasses.fields(cls)}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
         for key, value in raw.items():
-            if key in names:
+            if key in types:
+                if not (key == "head_dim" and value is None):  # null head_dim: derived below
+                    _check_type(key, value, str(types[key]))
                 kwargs[key] = value
         # transformers 5 stores RoPE as {"full_attention": {...}, "sliding_attention": {...}}.
         rope = raw.get("rope_parameters")

@@ -8,8 +8,10 @@ padding, and results come back in input order.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Literal
 
@@ -63,25 +65,87 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> cuda if available, else cpu. A device PyTorch does not know, or this machine lacks, is a ValueError."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    if not isinstance(device, str | torch.device):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use 'cpu'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return resolved
+    backend = getattr(torch, resolved.type, None)  # torch.mps, torch.xpu, ...
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise ValueError(f"device {device!r} is not available in this PyTorch build or machine; use 'cpu'")
     return resolved
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> re.Match | None:
+    """Where `text` holds a lone surrogate (not valid Unicode: no tokenizer can encode it), if anywhere."""
+    return _SURROGATE.search(text)
+
+
+def check_ordered(texts: object, name: str = "texts") -> None:
+    """Refuse what is not a sequence (or an iterator) of strings: a set's order is arbitrary, a dict gives its keys."""
+    if isinstance(texts, bytes | bytearray | np.ndarray | torch.Tensor | AbstractSet | Mapping) or not isinstance(
+        texts, Sequence | Iterator
+    ):
+        raise TypeError(
+            f"{name} must be a string or a list of strings (a sequence), got {type(texts).__name__}"
+            + ("; its order is arbitrary, pass a list" if isinstance(texts, AbstractSet) else "")
+        )
+
+
+def check_text(text: object, index: int, name: str = "texts") -> None:
+    """A str that is valid Unicode (no lone surrogates, which no tokenizer can encode)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name}[{index}] is {type(text).__name__}, expected str")
+    if (bad := lone_surrogate(text)) is not None:
+        raise ValueError(
+            f"{name}[{index}] contains a lone surrogate {bad.group()!a} at character {bad.start()}, which is not "
+            "valid Unicode; fix the text (a broken JSON escape or a bad decode, e.g. errors='surrogateescape')"
+        )
+
+
 def as_text_list(texts: Texts, name: str = "texts") -> tuple[list[str], bool]:
-    """(list of texts, whether a single string was given). Non-strings are a TypeError naming the index."""
+    """(list of texts, whether a single string was given). Anything else is a TypeError naming the index."""
     if isinstance(texts, str):
+        check_text(texts, 0, name)
         return [texts], True
-    if isinstance(texts, bytes | np.ndarray | torch.Tensor) or not isinstance(texts, Iterable):
-        raise TypeError(f"{name} must be a string or a list of strings, got {type(texts).__name__}")
+    check_ordered(texts, name)
     items = list(texts)
     for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TypeError(f"{name}[{i}] is {type(item).__name__}, expected str")
+        check_text(item, i, name)
     return items, False
+
+
+def as_title_list(titles: object, count: int, single: bool) -> list[str | None]:
+    """One title (str or None) per text; None for no titles at all. A bare string only for a single text."""
+    if titles is None:
+        return [None] * count
+    if isinstance(titles, str):
+        if not single:
+            raise TypeError("titles must be a list with one title (or None) per text, got a single string")
+        return [titles]
+    check_ordered(titles, "titles")
+    title_list = list(titles)
+    if len(title_list) != count:
+        raise ValueError(f"got {len(title_list)} titles for {count} texts; pass one per text or None")
+    for i, title in enumerate(title_list):
+        if title is not None:
+            check_text(title, i, "titles")
+    return title_list
 
 
 class Embedder:
@@ -256,27 +320,36 @@ class Embedder:
             on_truncation=on_truncation,
         )
 
-    def encode_query(self, texts: Texts, *, task: str = "query", **kwargs) -> np.ndarray | torch.Tensor:
+    def encode_query(
+        self, texts: Texts, *, task: str | None = None, prompt: str | None = None, **kwargs
+    ) -> np.ndarray | torch.Tensor:
         """Queries with a task prompt (default: retrieval, `task: search result | query: `).
 
-        An explicit `prompt=` replaces the task's prompt.
+        An explicit `prompt=` replaces the task's prompt; None (for either) means "not given".
         """
-        return self.encode(texts, task=None if "prompt" in kwargs else task, **kwargs)
+        if prompt is None:
+            task = "query" if task is None else task
+        return self.encode(texts, task=task, prompt=prompt, **kwargs)
 
     def encode_document(
-        self, texts: Texts, titles: Iterable[str | None] | None = None, **kwargs
+        self,
+        texts: Texts,
+        titles: Sequence[str | None] | str | None = None,
+        *,
+        prompt: str | None = None,
+        **kwargs,
     ) -> np.ndarray | torch.Tensor:
-        """Documents with `title: {title} | text: ` (or `title: none | text: ` without a title)."""
+        """Documents with `title: {title} | text: ` (or `title: none | text: ` without a title).
+
+        `titles`: one title (or None) per text, a string for a single text. An explicit `prompt=` replaces
+        the document prompt (and then takes no titles); None means "not given".
+        """
         items, single = as_text_list(texts)
-        if titles is None:
-            title_list: list[str | None] = [None] * len(items)
-        else:
-            title_list = [titles] if single and isinstance(titles, str) else list(titles)
-            if len(title_list) != len(items):
-                raise ValueError(f"got {len(title_list)} titles for {len(items)} texts; pass one per text or None")
-            for i, title in enumerate(title_list):
-                if title is not None and not isinstance(title, str):
-                    raise TypeError(f"titles[{i}] is {type(title).__name__}, expected str or None")
+        if prompt is not None:
+            if titles is not None:
+                raise ValueError("titles select the document prompt; do not combine them with prompt=")
+            return self.encode(texts, prompt=prompt, **kwargs)
+        title_list = as_title_list(titles, len(items), single)
         prompted = [document_prompt(title) + text for text, title in zip(items, title_list, strict=True)]
         return self._encode_prompted(prompted, single=single, **kwargs)
 
@@ -305,28 +378,34 @@ class Embedder:
 
         if isinstance(texts, str):
             raise TypeError("encode_stream takes an iterable of strings; use encode() for a single string")
+        check_ordered(texts)
+        if titles is not None:
+            if isinstance(titles, str):
+                raise TypeError("titles must be an iterable with one title (or None) per text, got a single string")
+            check_ordered(titles, "titles")
         dim = self._check_dim(dim)
         if titles is not None and (task not in (None, "document") or prompt is not None):
             raise ValueError("titles select the document prompt; do not combine them with another task or prompt")
         if task is not None and prompt is not None:
             raise ValueError("pass either task= or prompt=, not both")
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         fixed_prompt = "" if task is None and prompt is None else (prompt if prompt is not None else self.prompts[task])
         pairs = zip(texts, titles, strict=True) if titles is not None else ((t, None) for t in texts)
         offset = 0
 
         def tokenize(chunk: list[tuple[str, str | None]]) -> list[list[int]]:
             nonlocal offset
-            for i, (text, title) in enumerate(chunk):
-                if not isinstance(text, str):
-                    raise TypeError(f"texts[{offset + i}] is {type(text).__name__}, expected str")
-                if title is not None and not isinstance(title, str):
-                    raise TypeError(f"titles[{offset + i}] is {type(title).__name__}, expected str or None")
-            offset += len(chunk)
+            first, offset = offset, offset + len(chunk)
+            for i, (text, title) in enumerate(chunk, start=first):
+                check_text(text, i)
+                if title is not None:
+                    check_text(title, i, "titles")
             if titles is not None:
                 prompted = [document_prompt(title) + text for text, title in chunk]
             else:
                 prompted = [fixed_prompt + text for text, _ in chunk]
-            return self.tokenizer.encode(prompted, on_truncation=on_truncation)
+            return self.tokenizer.encode(prompted, on_truncation=on_truncation, first_index=first)
 
         with tqdm(disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
             for token_ids in prefetch_map(tokenize, chunked(pairs, chunk_size)):

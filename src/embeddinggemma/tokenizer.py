@@ -25,11 +25,21 @@ from embeddinggemma.config import Gemma3TextConfig
 OnTruncation = Literal["warn", "error"]
 
 
-class TruncationWarning(UserWarning):
+class _TruncationReport:
+    """What was too long: `count` of `total` inputs over `limit` tokens, the `longest`, the `first` (row index)."""
+
+    def __init__(
+        self, message: str, *, count: int = 0, total: int = 0, limit: int = 0, longest: int = 0, first: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.count, self.total, self.limit, self.longest, self.first = count, total, limit, longest, first
+
+
+class TruncationWarning(_TruncationReport, UserWarning):
     """Some inputs were longer than the model's limit and were cut."""
 
 
-class TruncationError(ValueError):
+class TruncationError(_TruncationReport, ValueError):
     """Raised instead of truncating when `on_truncation="error"`."""
 
 
@@ -57,28 +67,43 @@ class BaseTokenizer:
                 "for ''); EmbeddingGemma was trained with both. Use the tokenizer shipped with the checkpoint"
             )
 
-    def encode(self, texts: Sequence[str], on_truncation: OnTruncation = "warn") -> list[list[int]]:
-        """Token ids with BOS/EOS, each at most `max_length` long (EOS kept last when cut)."""
+    def encode(
+        self, texts: Sequence[str], on_truncation: OnTruncation = "warn", *, first_index: int = 0
+    ) -> list[list[int]]:
+        """Token ids with BOS/EOS, each at most `max_length` long (EOS kept last when cut).
+
+        `first_index` is the row of `texts[0]` in the caller's whole input (a stream's chunk offset), so
+        truncation reports name the caller's row.
+        """
         if on_truncation not in ("warn", "error"):
             raise ValueError(f"on_truncation must be 'warn' or 'error', got {on_truncation!r}")
         ids_list = self._encode_raw(list(texts))
         too_long = [i for i, ids in enumerate(ids_list) if len(ids) > self.max_length]
         if too_long:
-            longest = max(len(ids_list[i]) for i in too_long)
+            report = dict(
+                count=len(too_long),
+                total=len(ids_list),
+                limit=self.max_length,
+                longest=max(len(ids_list[i]) for i in too_long),
+                first=first_index + too_long[0],
+            )
+            rows = f" (rows {first_index}-{first_index + len(ids_list) - 1})" if first_index else ""
             message = (
-                f"{len(too_long)} of {len(ids_list)} inputs exceed the {self.max_length}-token limit (longest: "
-                f"{longest} tokens, first at index {too_long[0]})"
+                f"{report['count']} of {report['total']} inputs{rows} exceed the {self.max_length}-token limit "
+                f"(longest: {report['longest']} tokens, first at index {report['first']})"
             )
             if on_truncation == "error":
-                raise TruncationError(message + "; shorten or chunk them, or pass on_truncation='warn' to cut them")
-            warnings.warn(message + "; they were truncated", TruncationWarning, stacklevel=3)
+                raise TruncationError(
+                    message + "; shorten or chunk them, or pass on_truncation='warn' to cut them", **report
+                )
+            warnings.warn(TruncationWarning(message + "; they were truncated", **report), stacklevel=3)
             for i in too_long:
                 ids_list[i] = [*ids_list[i][: self.max_length - 1], self.eos_id]
         for i, ids in enumerate(ids_list):
             if max(ids) >= self.vocab_size:
                 bad = sorted({self._token_name(t) for t in ids if t >= self.vocab_size})
                 raise ValueError(
-                    f"input {i} contains token(s) {bad} that the tokenizer knows but the model's "
+                    f"input {first_index + i} contains token(s) {bad} that the tokenizer knows but the model's "
                     f"{self.vocab_size}-entry embedding table does not; remove them from the text"
                 )
         return ids_list
@@ -103,7 +128,12 @@ class TextTokenizer(BaseTokenizer):
     def from_file(cls, path: str | Path, **limits: int) -> TextTokenizer:
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(str(path)), **limits)
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for unreadable or invalid files
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path} cannot be loaded ({reason}); the file is corrupt: download it again") from exc
+        return cls(tokenizer, **limits)
 
     def _encode_raw(self, texts: list[str]) -> list[list[int]]:
         return [enc.ids for enc in self._encode_batch(texts)]

@@ -1,23 +1,20 @@
 """Streaming: corpus-scale embedding with bounded memory and tokenisation overlapped with model work.
 
-Texts are read in chunks; a background thread prepares chunk k+1 (prompting and tokenising, which
+Texts are read in chunks; a worker thread prepares chunk k+1 (prompting and tokenising, which
 `tokenizers` runs on several threads without the GIL) while the model embeds chunk k. At most
 `prefetch + 1` chunks are alive at any time, whatever the size of the input.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import queue
-import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
 U = TypeVar("U")
-
-_DONE = object()
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -29,46 +26,41 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
+def _failed(error: Exception) -> Future:
+    future: Future = Future()
+    future.set_exception(error)
+    return future
+
+
 def prefetch_map(fn: Callable[[T], U], items: Iterable[T], prefetch: int = 1) -> Iterator[U]:
-    """`map(fn, items)` with `fn` running in a background thread up to `prefetch` items ahead.
+    """`map(fn, items)` with `fn` running in a worker thread up to `prefetch` items ahead.
 
+    `items` is read in the consumer's thread, only when the consumer asks for more, so an input that
+    blocks (stdin) never leaves a thread behind and closing the consumer early stops the reading.
     Order is preserved; an exception in `fn` or in `items` is re-raised in the consumer at the point
-    where its result would have been. Closing the consumer early stops the producer.
+    where its result would have been (KeyboardInterrupt and other BaseExceptions at once).
     """
-    results: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-
-    def produce() -> None:
+    if prefetch < 1:
+        raise ValueError(f"prefetch must be positive, got {prefetch}")
+    iterator = iter(items)
+    pending: deque[Future] = deque()
+    exhausted = False
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embeddinggemma-prefetch") as pool:
         try:
-            for item in items:
-                value = fn(item)
-                while not stop.is_set():
+            while True:
+                while not exhausted and len(pending) <= prefetch:
                     try:
-                        results.put((value, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                        item = next(iterator)
+                    except StopIteration:
+                        exhausted = True
+                    except Exception as exc:  # raised when the consumer reaches this position
+                        pending.append(_failed(exc))
+                        exhausted = True
+                    else:
+                        pending.append(pool.submit(fn, item))
+                if not pending:
                     return
-            results.put((_DONE, None))
-        except BaseException as exc:  # re-raised in the consumer
-            results.put((None, exc))
-
-    worker = threading.Thread(target=produce, name="embeddinggemma-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            value, error = results.get()
-            if error is not None:
-                raise error
-            if value is _DONE:
-                return
-            yield value
-    finally:
-        stop.set()
-        for _ in range(100):  # unblock a producer waiting on a full queue; it is a daemon if still reading input
-            with contextlib.suppress(queue.Empty):
-                results.get_nowait()
-            worker.join(timeout=0.05)
-            if not worker.is_alive():
-                break
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

@@ -9,7 +9,8 @@ metrics, encode time and tokens/s) and prints a table. Errors are one line (``ma
 ``embeddinggemma.cli`` prints the ValueErrors raised here). Heavy imports (torch, mteb) happen inside
 the handlers, so ``embeddinggemma --help`` stays fast.
 
-Model-loading flags come from :data:`LOAD_OPTIONS`: each entry is one ``Embedder.from_pretrained``
+Model-loading flags come from ``embeddinggemma.cli_options`` (shared with ``embed``, ``similarity`` and
+``info``): each entry of its ``LOAD_OPTIONS`` is one ``Embedder.from_pretrained``
 keyword exposed as a flag and recorded under ``variant`` in the results (``--quantize`` is such an
 entry); another engine option is one more line there.
 """
@@ -24,16 +25,15 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from embeddinggemma.checkpoint import DEFAULT_MODEL
+from embeddinggemma.cli_options import add_model_options, load_options
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOAD_OPTIONS", "LoadOption", "add_eval_parser"]
+__all__ = ["add_eval_parser"]
 
 DEFAULT_SUITE_DIR = Path("data/local_suite")
 LOCAL_MAX_SEQ_LENGTH = 512  # the local suite's token budget and the paper's evaluation context
@@ -41,31 +41,6 @@ LOCAL_MAX_SEQ_LENGTH = 512  # the local suite's token budget and the paper's eva
 
 class EvalUsageError(ValueError):
     """Bad ``eval`` input; ``embeddinggemma.cli.main`` prints it as one line."""
-
-
-@dataclass(frozen=True)
-class LoadOption:
-    """One ``Embedder.from_pretrained`` keyword as a command-line flag (``None`` = not passed)."""
-
-    flag: str
-    kwarg: str
-    help: str
-    choices: tuple[str, ...] | None = None
-
-    def add_to(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(self.flag, dest=self.kwarg, default=None, choices=self.choices, help=self.help)
-
-
-LOAD_OPTIONS: tuple[LoadOption, ...] = (
-    LoadOption("--device", "device", "cpu, cuda, cuda:1 ... (default: cuda if available)"),
-    LoadOption(
-        "--dtype",
-        "dtype",
-        "default: float32 on CPU, bfloat16 on CUDA (float16 is refused: it overflows)",
-        ("float32", "bfloat16", "float16"),
-    ),
-    LoadOption("--quantize", "quantize", "int8: the CPU int8 path (SmoothQuant layers, int8 embedding table)"),
-)
 
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -97,14 +72,11 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="also score each dim after quantizing the embeddings (int8: per-dimension ranges calibrated on "
         "the indexed side; binary: sign bits, Hamming ranking); local suite only (default: float32)",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local checkpoint directory (any variant)")
-    for option in LOAD_OPTIONS:
-        option.add_to(parser)
-    parser.add_argument(
-        "--max-seq-length",
-        type=int,
-        default=None,
-        help=f"token limit (default: {LOCAL_MAX_SEQ_LENGTH} for the local suite, the model's 2048 for MTEB)",
+    add_model_options(
+        parser,
+        model_help="hub id or local checkpoint directory (any variant)",
+        max_seq_length_help=f"token limit (default: {LOCAL_MAX_SEQ_LENGTH} for the local suite, the model's 2048 "
+        "for MTEB)",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("-o", "--output", type=Path, help="results JSON to write")
@@ -155,7 +127,7 @@ def _load_embedder(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         # The suite's token budget assumes 512; a model with a shorter limit keeps its own.
         info, _ = read_checkpoint_info(resolve_checkpoint(args.model))
         max_seq_length = min(LOCAL_MAX_SEQ_LENGTH, info.config.max_seq_length)
-    options = {o.kwarg: getattr(args, o.kwarg) for o in LOAD_OPTIONS if getattr(args, o.kwarg) is not None}
+    options = load_options(args)
     embedder = Embedder.from_pretrained(args.model, max_seq_length=max_seq_length, **options)
     return embedder, options
 

@@ -20,7 +20,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from embeddinggemma.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info, resolve_checkpoint
+from embeddinggemma.checkpoint import (
+    CheckpointError,
+    CheckpointInfo,
+    load_checkpoint,
+    read_checkpoint_info,
+    resolve_checkpoint,
+)
 from embeddinggemma.model import EmbeddingGemma
 from embeddinggemma.quant.int8 import Int8DynamicLinear, Int8Embedding, quantize_rows
 from embeddinggemma.quant.safetensors_io import RowFile, SafetensorsReader
@@ -156,7 +162,10 @@ def load_int8_checkpoint(
     if not target.exists():
         logger.warning("quantizing %s to int8 once (about a minute); cached in %s", root, target)
         _convert_to_cache(root, target, revision)
-    reader = SafetensorsReader(target)
+    try:
+        reader = SafetensorsReader(target)
+    except ValueError as exc:  # a cache damaged after it was written (disk full, copied in part...)
+        raise CheckpointError(f"the int8 cache is damaged: {exc}; delete {target.parent} to rebuild it") from None
     with torch.device("meta"):
         model = EmbeddingGemma(info.config)
     for name, _ in _encoder_linears(model):

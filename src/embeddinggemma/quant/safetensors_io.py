@@ -31,10 +31,22 @@ class SafetensorsReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        file_size = self.path.stat().st_size
         with open(self.path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            self.header: dict[str, Any] = json.loads(f.read(size))
+            prefix = f.read(8)
+            size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else file_size
+            try:
+                if 8 + size > file_size:
+                    raise ValueError("header runs past the end of the file")
+                self.header: dict[str, Any] = json.loads(f.read(size))
+                data_end = max((m["data_offsets"][1] for k, m in self.header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise ValueError(f"{self.path} is not a readable safetensors file ({exc}); it is corrupt") from None
         self.data_start = 8 + size
+        if self.data_start + data_end > file_size:
+            raise ValueError(
+                f"{self.path} is truncated ({file_size:,} bytes, its header describes {self.data_start + data_end:,})"
+            )
 
     def _meta(self, name: str) -> dict[str, Any]:
         try:
