@@ -136,3 +136,52 @@ def test_real_size_parameter_count():
     with torch.device("meta"):
         model = EmbeddingGemma(EmbeddingGemmaConfig.embeddinggemma_300m())
     assert sum(p.numel() for p in model.parameters()) == 307_581_696
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("hidden_size", "48", 'hidden_size must be an integer, got "48"'),
+        ("num_hidden_layers", True, "num_hidden_layers must be an integer, got true"),
+        ("rms_norm_eps", "1e-6", 'rms_norm_eps must be a number, got "1e-6"'),
+        ("layer_types", "sliding_attention", 'layer_types must be a list of strings, got "sliding_attention"'),
+    ],
+)
+def test_config_value_of_the_wrong_type_names_config_json(copy_of, key, value, message):
+    config = json.loads((copy_of / "config.json").read_text())
+    config[key] = value
+    (copy_of / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as error:
+        Embedder.from_pretrained(copy_of)
+    assert str(error.value) == f"{copy_of / 'config.json'}: {message}"
+
+
+def test_config_of_another_size_names_config_json_briefly(copy_of):
+    config = json.loads((copy_of / "config.json").read_text())
+    config["intermediate_size"] = 64
+    (copy_of / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as error:
+        Embedder.from_pretrained(copy_of)
+    message = str(error.value)
+    assert message.startswith(f"{copy_of / 'config.json'} does not describe the weights in ")
+    assert "9 tensor(s) have other shapes" in message and "restore the config.json" in message
+    assert len(message) < 400 and "missing" not in message
+
+
+@pytest.mark.parametrize("path", ["../outside", "/etc", "2_Dense/../../outside", "..\\outside"])
+def test_module_paths_outside_the_checkpoint_are_refused(copy_of, path):
+    modules = json.loads((copy_of / "modules.json").read_text())
+    modules[2]["path"] = path
+    (copy_of / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(CheckpointError, match="module paths must be folders inside the checkpoint directory"):
+        Embedder.from_pretrained(copy_of)
+
+
+def test_truncated_int8_cache_says_how_to_rebuild(tiny_st_dir, tmp_path):
+    from embeddinggemma.quant.convert import load_int8_checkpoint
+
+    load_int8_checkpoint(tiny_st_dir, cache_dir=tmp_path)
+    (cache,) = tmp_path.glob("*/model-int8.safetensors")
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size - 100])
+    with pytest.raises(CheckpointError, match=r"the int8 cache is damaged: .* is truncated .*delete .* to rebuild it"):
+        load_int8_checkpoint(tiny_st_dir, cache_dir=tmp_path)
