@@ -123,3 +123,15 @@ def test_missing_cuda_is_refused():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_pipelined_encode_reports_the_global_row(tiny_st_dir, monkeypatch):
+    """The GPU engine's `encode` tokenises in chunks too (run here on the CPU through the same method)."""
+    from embeddinggemma import embedder as embedder_module
+
+    monkeypatch.setattr(embedder_module, "FIRST_PIPELINE_CHUNK", 2)
+    monkeypatch.setattr(embedder_module, "PIPELINE_CHUNK", 2)
+    packed = Embedder.from_pretrained(tiny_st_dir, device="cpu", engine="packed")
+    texts = ["red", "mars", "code", "sort", "line", LONG]
+    with pytest.warns(TruncationWarning, match=r"\(rows 4-5\) exceed .* first at index 5"):
+        packed._embed_pipelined(texts, show_progress=False, on_truncation="warn")

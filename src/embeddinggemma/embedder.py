@@ -447,8 +447,12 @@ class Embedder:
         """Tokenise chunk k+1 on a host thread while the device embeds chunk k (GPU engine)."""
         from tqdm.auto import tqdm
 
-        def tokenize(chunk: list[str]) -> list[list[int]]:
-            return self.tokenizer.encode(chunk, on_truncation=on_truncation)
+        offset = 0
+
+        def tokenize(chunk: list[str]) -> list[list[int]]:  # chunks arrive in order, one at a time
+            nonlocal offset
+            first, offset = offset, offset + len(chunk)
+            return self.tokenizer.encode(chunk, on_truncation=on_truncation, first_index=first)
 
         with tqdm(total=len(texts), disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
             token_chunks = prefetch_map(tokenize, _growing_chunks(texts))
