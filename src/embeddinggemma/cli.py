@@ -142,6 +142,17 @@ def _truncation_summary(reports: list[TruncationWarning], total: int, source: st
     )
 
 
+def _write_block(writer: NpyWriter | JsonlWriter, block: Any, ids: list[Any]) -> None:
+    """Rows to stdout go out one by one, each written whole and counted before an interruption can land."""
+    if writer.path != "-":
+        writer.write(block, ids)  # a file output is renamed only when complete: nothing to count
+        return
+    for i in range(len(block)):
+        with SIGNALS.deferred():
+            writer.write(block[i : i + 1], ids[i : i + 1])
+            writer.flush()
+
+
 def _embed_into(args: argparse.Namespace, source: TextSource, writer: NpyWriter | JsonlWriter) -> list[str]:
     """Stream the input's records through the model into `writer` (memory stays bounded); the report lines."""
     is_document = args.task == "document"
@@ -183,7 +194,7 @@ def _embed_into(args: argparse.Namespace, source: TextSource, writer: NpyWriter 
         )
         try:
             for block in blocks:
-                writer.write(block, [ids.popleft() for _ in range(len(block))])
+                _write_block(writer, block, [ids.popleft() for _ in range(len(block))])
         except TruncationError as exc:
             raise UsageError(_truncation_error(exc, source.name)) from None
     report = [_truncation_summary(truncations, counts["texts"], source.name)] if truncations else []
@@ -415,17 +426,54 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-def _raise_on_sigterm() -> Callable[[], None]:
-    """SIGTERM raises `Terminated` (once) in the main thread; returns the function that restores the handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+class _Signals:
+    """SIGINT raises KeyboardInterrupt and SIGTERM raises `Terminated`, in the main thread, so clean-up runs;
+    inside `deferred()` they wait until the block is done (a row on stdout is written whole and counted)."""
 
-    def terminate(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-        raise Terminated
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending: int | None = None
 
-    previous = signal.signal(signal.SIGTERM, terminate)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    def install(self) -> Callable[[], None]:
+        """Install the handlers; returns the function that restores the previous ones."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job keeps ignoring Ctrl-C
+                previous[signum] = signal.signal(signum, self._handle)
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+        return restore
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._depth:
+            self._pending = self._pending or signum
+        else:
+            self._raise(signum)
+
+    def _raise(self, signum: int) -> None:
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+            raise Terminated
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending is not None:
+                signum, self._pending = self._pending, None
+                self._raise(signum)
+
+
+SIGNALS = _Signals()
 
 
 def _quiet_stdout() -> None:
@@ -443,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.func
     prefix = f"embeddinggemma {args.command}:"
     note = f"; {args.on_interrupt}" if getattr(args, "on_interrupt", None) else ""
-    restore_sigterm = _raise_on_sigterm()
+    restore_signals = SIGNALS.install()
     try:
         return handler(args)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): not an error of ours
@@ -463,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix} error: {message}", file=sys.stderr)
         return 2
     finally:
-        restore_sigterm()
+        restore_signals()
 
 
 if __name__ == "__main__":

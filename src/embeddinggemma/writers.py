@@ -64,7 +64,7 @@ class NpyWriter:
     """
 
     def __init__(self, path: str | Path, dim: int | None = None) -> None:
-        self.dim, self.rows = dim, 0
+        self.path, self.dim, self.rows = str(path), dim, 0
         self._header_size: int | None = None
         self._out = _AtomicFile(path, "wb")
 
@@ -105,8 +105,8 @@ class JsonlWriter:
     """One line per text: {"index", "id" (when the input had one), "embedding"}; "-" is stdout."""
 
     def __init__(self, path: str | Path) -> None:
-        self.rows = 0
-        self._out = None if str(path) == "-" else _AtomicFile(path, "w")
+        self.path, self.rows = str(path), 0
+        self._out = None if self.path == "-" else _AtomicFile(path, "w")
         self._file = sys.stdout if self._out is None else self._out.file
 
     def write(self, block: np.ndarray, ids: Sequence[Any] = ()) -> None:
@@ -118,6 +118,9 @@ class JsonlWriter:
             row["embedding"] = [round(float(x), 7) for x in vector]
             self._file.write(json.dumps(row) + "\n")
             self.rows += 1
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
         if self._out is not None:
