@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -383,36 +384,54 @@ def test_sigint_says_what_was_written(tiny_st_dir, tmp_path):
     assert files(tmp_path) == ["in.txt"]
 
 
-def test_terminal_shows_loading_line_and_one_progress_bar(tiny_st_dir, tmp_path):
-    source = _many_lines(tmp_path / "in.txt", 300)
+def run_on_terminal(*args: object, stdin_file: Path | None = None) -> tuple[int, str]:
+    """Run with stderr on a 100-column pseudo-terminal; (exit code, what the terminal received)."""
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    try:
-        result = subprocess.run(
-            [str(SCRIPT), "embed", str(source), "-o", str(tmp_path / "o.npy"), "--model", str(tiny_st_dir)],
-            stderr=follower,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            timeout=300,
-            check=False,
-        )
-        os.close(follower)
-        chunks = []
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read as it comes: a full terminal buffer would block the process
         while True:
             try:
                 chunk = os.read(leader, 65536)
-            except OSError:  # the terminal's other side is closed: all read
-                break
+            except OSError:  # the other side is closed: all read
+                return
             if not chunk:
-                break
+                return
             chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        with open(stdin_file or os.devnull, "rb") as stdin:
+            process = subprocess.run(
+                [str(SCRIPT), *map(str, args)],
+                stdin=stdin,
+                stdout=subprocess.DEVNULL,
+                stderr=follower,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                timeout=300,
+                check=False,
+            )
     finally:
+        os.close(follower)
+        reader.join(timeout=60)
         os.close(leader)
-    screen = b"".join(chunks).decode()
-    assert result.returncode == 0
-    assert screen.startswith(f"loading model {tiny_st_dir} ...")
-    assert screen.rstrip().endswith(f"embedded 300 texts from {source} -> {tmp_path / 'o.npy'} (40 dims)")
-    assert "\rembedding: 300text [" in screen  # tqdm's bar, redrawn in place
+    return process.returncode, b"".join(chunks).decode()
+
+
+def test_terminal_shows_loading_line_and_progress(tiny_st_dir, tmp_path):
+    source = _many_lines(tmp_path / "in.txt", 2000)
+    code, screen = run_on_terminal("embed", source, "-o", tmp_path / "o.npy", "--model", tiny_st_dir)
+    assert code == 0
+    assert screen.startswith(f"loading model {tiny_st_dir} ...\r\n")
+    assert screen.endswith(f"embedded 2,000 texts from {source} -> {tmp_path / 'o.npy'} (40 dims)\r\n")
+    assert "\rembedding: 2000text [" in screen  # tqdm's bar, redrawn in place
+    code, screen = run_on_terminal(
+        "similarity", "red planet", "-", "--top", "1", "--model", tiny_st_dir, stdin_file=source
+    )
+    assert code == 0
+    assert screen.startswith(f"loading model {tiny_st_dir} ...\r\n") and "| 2000/2000 [" in screen
 
 
 def test_similarity_reads_documents_from_stdin(tiny_st_dir, tiny):
