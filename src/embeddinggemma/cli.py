@@ -28,6 +28,7 @@ from embeddinggemma.cli_options import add_model_options, load_options, positive
 from embeddinggemma.embedder import Embedder, resolve_device
 from embeddinggemma.eval.cli import add_eval_parser
 from embeddinggemma.records import FORMATS, TextSource
+from embeddinggemma.scale.cli import add_embed_dataset_parser
 from embeddinggemma.tokenizer import TruncationError, TruncationWarning
 from embeddinggemma.train.cli import add_soup_parser, add_student_parser, add_train_parser
 from embeddinggemma.writers import OUTPUT_SUFFIXES, JsonlWriter, NpyWriter, check_output_path, open_writer
@@ -400,6 +401,7 @@ SUBCOMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
     add_train_parser,  # train: a recipe
     add_soup_parser,  # soup: average checkpoints
     add_student_parser,  # student: cut layers from a checkpoint
+    add_embed_dataset_parser,  # embed-dataset: files on a Ray cluster (embeddinggemma.scale)
 )
 
 
