@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # Words of the tiny test tokenizer (tests/conftest.py), so texts tokenise to real ids, one per word.
-WORDS = (
+_TEXT = (
     "the a red planet mars venus is known as which of and to in for on with search result query task code python "
     "function returns list string number file read write open close sort key value error line word first last big"
-).split()
+)
+WORDS = _TEXT.split()
 MAX_TOKENS = 24  # max_seq_length of the tests: a document text of more than ~16 words is over-long
 
 

@@ -325,7 +325,8 @@ def _calibrate(plan: Plan, settings: EmbedSettings, rows: int, resources: _Resou
     columns = {"text": "text", "title": "title" if has_titles else None, "id": None}
     batch_rows = max(1, math.ceil(len(texts) / resources.concurrency))
     calibration = replace(resources, concurrency=min(resources.concurrency, math.ceil(len(texts) / batch_rows)))
-    embedded = _map_embed(ray.data.from_arrow(table), float_settings, columns, calibration, batch_rows)
+    pieces = [table.slice(start, batch_rows) for start in range(0, len(texts), batch_rows)]  # one per worker
+    embedded = _map_embed(ray.data.from_arrow(pieces), float_settings, columns, calibration, batch_rows)
     batches = list(embedded.iter_batches(batch_format="pyarrow", batch_size=None))
     ranges = {}
     for dim in float_settings.output_dims(_model_width(settings.model)):
