@@ -1,16 +1,17 @@
-"""Two processes (gloo, CPU) on one global batch train exactly like one process."""
+"""Data parallelism end to end: `torchrun --nproc-per-node 2 -m embeddinggemma.cli train` (gloo, CPU) on one
+global batch trains exactly like `embeddinggemma train` in one process."""
 
 from __future__ import annotations
 
 import json
-import socket
+import os
+import subprocess
+import sys
 
 import pytest
-import torch.multiprocessing as mp
-from trainer_helpers import ddp_worker, smoke_recipe
 
 from embeddinggemma.checkpoint import load_checkpoint
-from embeddinggemma.train.trainer import train_recipe
+from embeddinggemma.cli import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -18,20 +19,25 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 OVERRIDES = ["train.steps=3", "data.batch_size=8", "data.num_hard_negatives=2", "optim.warmup_steps=0"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train_losses(path):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     return [r for r in records if r["event"] == "train"]
 
 
-def test_two_processes_equal_one(tiny_st_dir, tmp_path):
-    single = train_recipe(smoke_recipe(tiny_st_dir, tmp_path / "single", *OVERRIDES))
-    mp.spawn(ddp_worker, args=(2, _free_port(), tiny_st_dir, tmp_path / "ddp", OVERRIDES), nprocs=2, join=True)
+def test_torchrun_two_processes_equal_one(tiny_st_dir, tmp_path, capsys):
+    recipe = ["smoke-tiny", f"model.checkpoint={tiny_st_dir}", *OVERRIDES]
+    assert main(["train", *recipe, f"train.output_dir={tmp_path / 'single'}"]) == 0
+    single = tmp_path / "single" / "model"
+    assert f"-> {single}" in capsys.readouterr().out
+
+    # the launcher users run; --standalone picks a free rendezvous port on this host
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [*torchrun, "-m", "embeddinggemma.cli", "train", *recipe, f"train.output_dir={tmp_path / 'ddp'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "rank 1/2 joined the gloo process group" in result.stdout + result.stderr
+    assert result.stdout.count(f"trained smoke-tiny: 3 steps -> {tmp_path / 'ddp' / 'model'}") == 1  # rank 0 only
 
     one, two = (
         _train_losses(tmp_path / "single" / "train_log.jsonl"),

@@ -81,24 +81,3 @@ class ListLoader:
 def smoke_recipe(tiny_st_dir: Path, output_dir: Path, *overrides: str):
     """recipes/smoke-tiny.yaml on the tiny checkpoint, writing to output_dir."""
     return load_recipe("smoke-tiny", [f"model.checkpoint={tiny_st_dir}", f"train.output_dir={output_dir}", *overrides])
-
-
-def ddp_worker(
-    rank: int, world_size: int, port: int, tiny_st_dir: Path, output_dir: Path, overrides: list[str]
-) -> None:
-    """One torchrun-like rank: the environment torchrun would set, then the normal recipe entry point."""
-    import os
-
-    import torch.distributed as dist
-
-    from embeddinggemma.train.trainer import train_recipe
-
-    torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
-    )
-    try:
-        train_recipe(smoke_recipe(tiny_st_dir, output_dir, *overrides))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -94,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _progress_to_stdout()
     final = train_recipe(recipe)
-    print(f"trained {recipe.name}: {recipe.train.steps} steps -> {final}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank runs this; one line is the result
+        print(f"trained {recipe.name}: {recipe.train.steps} steps -> {final}")
     return 0
 
 
