@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -255,3 +256,21 @@ def test_bad_settings_fail_on_the_driver(tiny_st_dir, tmp_path):
     with pytest.raises(ValueError, match=r"dim 64 is outside 1\.\.40"):
         embed_files(str(tmp_path / "in.jsonl"), str(tmp_path / "out"), dims=(64,), **_common(tiny_st_dir))
     assert not (tmp_path / "out").exists()  # nothing written for a job that cannot run
+
+
+def test_a_model_that_fails_in_the_workers_fails_the_job_with_its_error(tiny_st_dir, tmp_path):
+    import ray
+
+    from embeddinggemma.scale import embed_files
+    from embeddinggemma.scale.cli import worker_error
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_st_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # the driver reads only configs; the workers load weights
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": "the red planet"} for i in range(8)])
+    options = {**_common(tiny_st_dir), "model": str(broken), "concurrency": 1}
+    with pytest.raises(ray.exceptions.RayError) as caught:  # the job ends: Ray does not retry a failing constructor
+        embed_files(str(tmp_path / "in.jsonl"), str(tmp_path / "out"), rows_per_block=4, **options)
+    assert worker_error(caught.value).startswith(f"CheckpointError: cannot read {weights}")
+    assert not list((tmp_path / "out").glob("part-*.parquet"))

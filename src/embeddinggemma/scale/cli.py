@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Any
 
@@ -69,30 +70,45 @@ def add_embed_dataset_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _innermost(exc: BaseException) -> BaseException:
-    """The worker's own exception inside Ray's wrappers (RayTaskError, UserCodeException)."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    return exc
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+
+
+def worker_error(exc: BaseException) -> str:
+    """The worker's own error inside Ray's wrappers (RayTaskError, ActorDiedError, Ray Data's exceptions): the
+    innermost exception that is not Ray's, else the last `SomethingError: message` line of Ray's report."""
+    chain, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        inner = getattr(current, "cause", None)
+        current = inner if isinstance(inner, BaseException) else (current.__cause__ or current.__context__)
+    for candidate in reversed(chain):
+        if not type(candidate).__module__.startswith("ray") and str(candidate).strip():
+            return f"{type(candidate).__name__}: {str(candidate).strip().splitlines()[-1]}"
+    for candidate in chain:
+        lines = [m for line in str(candidate).splitlines() if (m := _ERROR_LINE.match(line))]
+        ours = [m for m in lines if not m.group(0).strip().startswith("ray.")]
+        if ours or lines:
+            found = (ours or lines)[-1]
+            return f"{found.group(1)}: {found.group(2).strip()}"
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else 'no message'}"
 
 
 def cmd_embed_dataset(args: argparse.Namespace) -> int:
     from embeddinggemma.checkpoint import DEFAULT_MODEL
     from embeddinggemma.scale.job import _require_ray, embed_files
 
-    ray = _require_ray()
+    try:
+        ray = _require_ray()
+    except ImportError as exc:
+        raise JobError(str(exc)) from None
     scale_logger = logging.getLogger("embeddinggemma.scale")
     if scale_logger.getEffectiveLevel() > logging.INFO:
         scale_logger.setLevel(logging.INFO)  # block progress is the command's progress report (stderr)
     init: dict[str, Any] = {"address": args.address}
     if args.object_store_mb is not None:
         init["object_store_memory"] = args.object_store_mb * 2**20
-    ray.init(**init)
     try:
         summary = embed_files(
             args.input,
@@ -115,13 +131,13 @@ def cmd_embed_dataset(args: argparse.Namespace) -> int:
             num_gpus_per_worker=args.gpus_per_worker,
             num_cpus_per_worker=args.cpus_per_worker,
             concurrency=args.workers,
+            ray_init=init,  # Ray starts only once the input, the model and the settings are checked
         )
     except ray.exceptions.RayError as exc:
-        inner = _innermost(exc)
-        message = str(inner).strip().splitlines()[-1] if str(inner).strip() else type(inner).__name__
-        raise JobError(f"a worker failed: {type(inner).__name__}: {message}") from exc
+        raise JobError(f"a Ray worker failed ({worker_error(exc)}); finished blocks are kept, rerun to resume") from exc
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
     print(
         f"embedded {summary.embedded:,} of {summary.rows:,} rows ({summary.bad_rows:,} not embedded, "
         f"{summary.truncated:,} truncated: {args.output}/_bad_rows.jsonl) -> {args.output} in {summary.seconds:.1f} s "

@@ -83,10 +83,15 @@ class _Resources:
         return None if self.num_gpus > 0 else max(1, math.floor(self.num_cpus))
 
 
-def _resources(num_gpus_per_worker: float | None, num_cpus_per_worker: float, concurrency: int | None) -> _Resources:
+def _resources(
+    num_gpus_per_worker: float | None,
+    num_cpus_per_worker: float,
+    concurrency: int | None,
+    ray_init: Mapping[str, Any] | None = None,
+) -> _Resources:
     ray = _require_ray()
     if not ray.is_initialized():
-        ray.init()
+        ray.init(**(ray_init or {}))
     cluster = ray.cluster_resources()
     gpus = cluster.get("GPU", 0.0)
     if num_gpus_per_worker is None:
@@ -245,6 +250,7 @@ class JobSummary:
     seconds: float  # this run, from start to the last block
     rows_this_run: int
     tokens_this_run: int
+    worker_seconds_this_run: float  # summed over blocks: reading and embedding inside the workers
 
     @property
     def rows_per_second(self) -> float:
@@ -286,6 +292,7 @@ class _BlockWorker:
 
         report = {
             "block": block.name,
+            "seconds": time.perf_counter() - started,  # reading and embedding, before the writes
             "rows": len(rows.texts),
             "embedded": len(result.rows),
             "tokens": int(result.num_tokens.sum()),
@@ -297,7 +304,6 @@ class _BlockWorker:
         }
         self.out.write_json(self.out.report(block.name), report)
         self.out.write_parquet(self.out.part(block.name), table)  # the commit: the block is done
-        report["seconds"] = time.perf_counter() - started
         return report
 
 
@@ -437,6 +443,7 @@ def embed_files(
     num_cpus_per_worker: float = 1,
     concurrency: int | None = None,
     progress_seconds: float = 10.0,
+    ray_init: Mapping[str, Any] | None = None,
 ) -> JobSummary:
     """Embed Parquet or JSONL files (a file or a directory; local or any pyarrow/fsspec URI) into a directory of
     Parquet parts, resumably: run it again with the same arguments after a crash and it does only the
@@ -448,6 +455,8 @@ def embed_files(
       ranges are stored in `_job.json` (settings.int8_ranges) for scoring queries.
     - Rows that are not embedded (and truncated ones) are listed in `_bad_rows.jsonl` with id, file, row
       number (Parquet) or byte offset (JSONL) and the reason.
+    - `ray_init`: arguments of `ray.init` if Ray is not initialised yet; the input, the model and the
+      settings are checked before that, so a job that cannot run fails without starting Ray.
     """
     ray = _require_ray()
     started = time.monotonic()
@@ -458,7 +467,6 @@ def embed_files(
     columns = {"id": id_column, "text": text_column, "title": title_column}
     plan_args = {"uri": input, "columns": columns, "rows_per_block": rows_per_block, "fmt": input_format}
     manifest = out.read_manifest()
-    resources = _resources(num_gpus_per_worker, num_cpus_per_worker, concurrency)
     if manifest is not None:
         plan, settings = _resume_plan(out, manifest, settings, plan_args)
     else:
@@ -471,6 +479,8 @@ def embed_files(
             fmt=input_format,
             rows_per_block=rows_per_block,
         )
+    resources = _resources(num_gpus_per_worker, num_cpus_per_worker, concurrency, ray_init)
+    if manifest is None:
         if precision == "int8" and settings.int8_ranges is None:
             settings = replace(settings, int8_ranges=_calibrate(plan, settings, calibration_rows, resources))
         out.prepare()
@@ -494,7 +504,7 @@ def embed_files(
         f"{resources.num_gpus:g} GPU each" if resources.num_gpus else f"{resources.num_cpus:g} CPU each",
     )
     reports: dict[str, dict] = {}
-    this_run = {"rows_this_run": 0, "tokens_this_run": 0}
+    this_run = {"rows_this_run": 0, "tokens_this_run": 0, "worker_seconds_this_run": 0.0}
     if pending:
         items = [asdict(b) for b in pending]
         work = ray.data.from_items(items, override_num_blocks=len(items))  # one block per task
@@ -517,6 +527,7 @@ def embed_files(
             reports[report["block"]] = report
             this_run["rows_this_run"] += report["rows"]
             this_run["tokens_this_run"] += report["tokens"]
+            this_run["worker_seconds_this_run"] += report["seconds"]
             now = time.monotonic()
             if now - last_log >= progress_seconds or len(reports) == len(pending):
                 last_log = now

@@ -8,8 +8,9 @@ one call with the same `batch_size`, so the values are bit-identical to that cal
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,27 @@ def fixed_size_list(values: np.ndarray, null_rows: np.ndarray | None = None) -> 
     return pa.FixedSizeListArray.from_arrays(flat, width, mask=mask)
 
 
+@contextlib.contextmanager
+def _conversion_lock(quantize: str | None) -> Iterator[None]:
+    """With `quantize`, one worker per machine at a time loads: the first converts the checkpoint into the
+    machine's int8 cache (about a minute), the others wait and then read the cache instead of converting too."""
+    if quantize is None:
+        yield
+        return
+    import fcntl
+
+    from embeddinggemma.quant.convert import default_cache_dir
+
+    directory = default_cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".convert.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
@@ -104,14 +126,15 @@ class RowEmbedder:
 
     def __init__(self, settings: EmbedSettings, *, device: str | None = None, num_threads: int | None = None) -> None:
         self.settings = settings
-        self.embedder = Embedder.from_pretrained(
-            settings.model,
-            device=device,
-            dtype=settings.dtype,
-            quantize=settings.quantize,
-            max_seq_length=settings.max_seq_length,
-            num_threads=num_threads,
-        )
+        with _conversion_lock(settings.quantize):
+            self.embedder = Embedder.from_pretrained(
+                settings.model,
+                device=device,
+                dtype=settings.dtype,
+                quantize=settings.quantize,
+                max_seq_length=settings.max_seq_length,
+                num_threads=num_threads,
+            )
         self.dims = settings.output_dims(self.embedder.embedding_dim)
         width = self.embedder.embedding_dim
         if any(not 1 <= d <= width for d in self.dims):
