@@ -116,3 +116,21 @@ def test_settings_round_trip_and_checks(tiny_st_dir):
         EmbedSettings(model="m", precision="fp8")
     with pytest.raises(ValueError, match=r"dims \[64\]: each must be between 1 and 40"):
         RowEmbedder(_settings(tiny_st_dir, dims=(64,)))
+
+
+def test_chunks_tokenised_ahead_are_embedded_chunk_by_chunk(tiny_st_dir, reference):
+    """The GPU path (chunks of `chunk_rows`, the next one tokenised on a thread), run on CPU with small chunks."""
+    texts: list = make_texts(23, seed=8, longest=30)
+    texts[4] = None
+    worker = RowEmbedder(_settings(tiny_st_dir, dims=(40,)), chunk_rows=5)
+    result = worker.embed(texts)
+    candidates = [i for i in range(23) if i != 4]  # chunks are cut from the rows with a usable text
+    over_long = {i for i in candidates if len(texts[i].split()) + 8 > MAX_TOKENS}
+    assert set(result.bad) == {4} | over_long and over_long
+    assert result.rows.tolist() == [i for i in candidates if i not in over_long]
+    expected = []
+    for start in range(0, len(candidates), 5):
+        good = [texts[i] for i in candidates[start : start + 5] if i not in over_long]
+        if good:
+            expected.append(reference.encode_document(good, batch_size=8))
+    assert np.array_equal(result.vectors[40], np.concatenate(expected))

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from embeddinggemma.embedder import Embedder, finish_embeddings
+from embeddinggemma.engine.stream import chunked, prefetch_map
 from embeddinggemma.prompts import document_prompt
 from embeddinggemma.quant.embeddings import EMBEDDING_PRECISIONS, quantize_embeddings
 from embeddinggemma.tokenizer import TruncationWarning
@@ -25,6 +27,7 @@ from embeddinggemma.tokenizer import TruncationWarning
 __all__ = ["EmbedSettings", "Embedded", "RowEmbedder", "embedding_column", "fixed_size_list"]
 
 OVERLONG_POLICIES = ("skip", "truncate")
+GPU_CHUNK_ROWS = 4096  # ~1M tokens of typical passages: a second of GPU work, tokenised meanwhile
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,14 @@ class Embedded:
 class RowEmbedder:
     """One Embedder and the settings it embeds with; a Ray actor holds one of these."""
 
-    def __init__(self, settings: EmbedSettings, *, device: str | None = None, num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: EmbedSettings,
+        *,
+        device: str | None = None,
+        num_threads: int | None = None,
+        chunk_rows: int | None = None,
+    ) -> None:
         self.settings = settings
         with _conversion_lock(settings.quantize):
             self.embedder = Embedder.from_pretrained(
@@ -147,6 +157,9 @@ class RowEmbedder:
             if missing:
                 raise ValueError(f"int8 precision needs calibrated ranges for dims {missing} (int8_ranges)")
         self._prompt = None if settings.task == "document" else self.embedder.prompts[settings.task]
+        if chunk_rows is None and self.embedder.device.type == "cuda":
+            chunk_rows = GPU_CHUNK_ROWS
+        self.chunk_rows = chunk_rows  # None: the whole block at once
 
     def output_schema(self, id_field: pa.Field | None) -> pa.Schema:
         """The id column (as in the input), `embedding_{dim}` per dim, `num_tokens` (and `truncated_from`)."""
@@ -212,24 +225,45 @@ class RowEmbedder:
         return [r for r, _ in kept], [i for _, i in kept], truncated
 
     def embed(self, texts: Sequence[Any], titles: Sequence[Any] | None = None) -> Embedded:
-        """Embed one block of rows (any Python values: the bad ones are reported, not raised)."""
+        """Embed one block of rows (any Python values: the bad ones are reported, not raised).
+
+        On a GPU the block goes through in chunks of `chunk_rows`, the next chunk tokenised on a host thread
+        while the GPU embeds the current one; on CPU the block is one chunk (tokenising is a small share of
+        the time there), so the values are those of one `Embedder.encode` call on the block.
+        """
         if titles is not None and self._prompt is not None:
             raise ValueError("titles select the document prompt; drop the title column or use task 'document'")
         prompted, bad = self._prompted(texts, titles)
         rows = sorted(prompted)
-        rows, token_ids, truncated = self._tokenize(rows, [prompted[r] for r in rows], bad)
-        full = self.embedder.embed_token_ids(token_ids, batch_size=self.settings.batch_size) if token_ids else None
+        size = self.chunk_rows or max(len(rows), 1)
+
+        def prepare(chunk: list[int]) -> tuple[list[int], list, dict[int, int], dict[int, str]]:
+            chunk_bad: dict[int, str] = {}
+            kept, token_ids, truncated = self._tokenize(chunk, [prompted[r] for r in chunk], chunk_bad)
+            return kept, token_ids, truncated, chunk_bad
+
+        kept_rows: list[int] = []
+        counts: list[int] = []
+        truncated: dict[int, int] = {}
+        parts: list[torch.Tensor] = []
+        for kept, token_ids, chunk_truncated, chunk_bad in prefetch_map(prepare, chunked(rows, size)):
+            bad.update(chunk_bad)
+            truncated.update(chunk_truncated)
+            kept_rows += kept
+            counts += [len(ids) for ids in token_ids]
+            if token_ids:
+                parts.append(self.embedder.embed_token_ids(token_ids, batch_size=self.settings.batch_size))
         vectors = {}
         for dim in self.dims:
-            if full is None:
-                floats = np.zeros((0, dim), dtype=np.float32)
+            if parts:
+                floats = finish_embeddings(torch.cat(parts), dim, normalize=True).numpy()
             else:
-                floats = finish_embeddings(full, dim, normalize=True).numpy()
+                floats = np.zeros((0, dim), dtype=np.float32)
             vectors[dim] = self._encode_precision(floats, dim)
         return Embedded(
-            rows=np.asarray(rows, dtype=np.int64),
+            rows=np.asarray(kept_rows, dtype=np.int64),
             vectors=vectors,
-            num_tokens=np.asarray([len(ids) for ids in token_ids], dtype=np.int32),
+            num_tokens=np.asarray(counts, dtype=np.int32),
             truncated_from=truncated,
             bad=bad,
         )
