@@ -23,7 +23,7 @@ def test_hours_and_sizes():
 
 def test_markdown_tables(capsys):
     table = plan_markdown(passages=1e9, mean_tokens=[512], tokens_per_second=1.5e6, gpus=[8], dims=[768, 128])
-    assert "| 512 | 5.12e+11 | 95 | 11.9 h |" in table
+    assert "| 512 | 5.12e+11 | 94.8 | 11.9 h |" in table
     assert "| 768 | 3.1 TB | 780.0 GB | 108.0 GB |" in table and "| 128 | 524.0 GB | 140.0 GB | 28.0 GB |" in table
     assert main(["--tokens-per-second", "1.5e6", "--mean-tokens", "512", "--gpus", "8"]) == 0
-    assert "| 512 | 5.12e+11 | 95 | 11.9 h |" in capsys.readouterr().out
+    assert "| 512 | 5.12e+11 | 94.8 | 11.9 h |" in capsys.readouterr().out

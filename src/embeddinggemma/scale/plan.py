@@ -66,15 +66,16 @@ def plan_markdown(
     dims: Sequence[int] = MATRYOSHKA_DIMS,
 ) -> str:
     """Two Markdown tables: time (GPU-hours and wall hours per GPU count) and output size per dim x precision."""
+    walls = " | ".join(f"wall, {g} GPU" + "s" * (g > 1) for g in gpus)
     lines = [
-        f"| mean tokens per passage | total tokens | GPU-hours | {' | '.join(f'wall on {g} GPUs' for g in gpus)} |",
+        f"| mean tokens per passage | total tokens | GPU-hours | {walls} |",
         "|---:|---:|---:|" + "---:|" * len(gpus),
     ]
     for tokens in mean_tokens:
         hours = gpu_hours(passages, tokens, tokens_per_second)
         walls = [wall_hours(passages, tokens, tokens_per_second, g, efficiency) for g in gpus]
         lines.append(
-            f"| {tokens:g} | {passages * tokens:.3g} | {hours / efficiency:,.0f} | "
+            f"| {tokens:g} | {passages * tokens:.3g} | {hours / efficiency:,.1f} | "
             + " | ".join(f"{w:,.1f} h" for w in walls)
             + " |"
         )
