@@ -9,12 +9,24 @@
   row groups, JSONL byte ranges); each block becomes one output file written atomically under a name
   fixed by the block, so a rerun after a crash skips the finished blocks. Bad rows go to a side file.
 
-This is the top layer (beside the CLI and the server): library code never imports it. Ray itself is
-imported only inside the functions that need it, so `import embeddinggemma.scale` works without Ray.
+This is the top layer (beside the CLI and the server): library code never imports it. Its names load
+on first use, and Ray only inside the functions that need it, so `embeddinggemma --help` (which
+registers `embed-dataset`) works without the `ray` extra and its pyarrow.
 """
 
 from __future__ import annotations
 
-from embeddinggemma.scale.job import JobSummary, embed_dataset, embed_files
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from embeddinggemma.scale.job import JobSummary, embed_dataset, embed_files
 
 __all__ = ["JobSummary", "embed_dataset", "embed_files"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from embeddinggemma.scale import job
+
+        return getattr(job, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

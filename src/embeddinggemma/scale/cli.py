@@ -97,12 +97,14 @@ def worker_error(exc: BaseException) -> str:
 
 def cmd_embed_dataset(args: argparse.Namespace) -> int:
     from embeddinggemma.checkpoint import DEFAULT_MODEL
-    from embeddinggemma.scale.job import _require_ray, embed_files
 
     try:
-        ray = _require_ray()
-    except ImportError as exc:
-        raise JobError(str(exc)) from None
+        import ray
+        import ray.data  # the extra (pyarrow comes with it)
+
+        from embeddinggemma.scale.job import embed_files
+    except ImportError:
+        raise JobError("embed-dataset needs Ray Data: pip install 'embeddinggemma[ray]'") from None
     scale_logger = logging.getLogger("embeddinggemma.scale")
     if scale_logger.getEffectiveLevel() > logging.INFO:
         scale_logger.setLevel(logging.INFO)  # block progress is the command's progress report (stderr)
