@@ -66,7 +66,7 @@ def add_embed_dataset_parser(sub: Any) -> argparse.ArgumentParser:
         "--address", default=None, help="Ray cluster: auto, ray://host:10001, local (default: RAY_ADDRESS or local)"
     )
     parser.add_argument("--object-store-mb", type=int, default=None, help="object store of a local Ray (MB)")
-    parser.set_defaults(func=cmd_embed_dataset)
+    parser.set_defaults(func=cmd_embed_dataset, on_interrupt="finished blocks are kept: rerun the command to resume")
     return parser
 
 
