@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Build the training datasets into OUTDIR, disjoint from the local evaluation suite; optionally mine
-hard negatives and precompute teacher embeddings with a model (see embeddinggemma.train.sources).
+hard negatives and precompute teacher embeddings with a model (see embeddinggemma.corpus.training_sources).
 
     python scripts/build_training_data.py data/train                       # build (minutes, no model)
     flock /tmp/embeddinggemma-cpu.lock python scripts/build_training_data.py data/train \\
@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from embeddinggemma.checkpoint import cached_file
+from embeddinggemma.corpus.debian import fetch_deb, sha256_file
+from embeddinggemma.corpus.disjoint import SuiteGuard, assert_splits_disjoint
+from embeddinggemma.corpus.suite_sources import PARTITION_SALT, SUITE_VERSION
+from embeddinggemma.corpus.training_sources import DATASETS, PACKAGES, Candidate, DatasetRecipe, extract
 from embeddinggemma.eval.data import TaskSpec, write_jsonl
-from embeddinggemma.eval.debian import fetch_deb, sha256_file
-from embeddinggemma.eval.suite_sources import PARTITION_SALT, SUITE_VERSION
 from embeddinggemma.train.data import DatasetSpec, TrainingExample, load_dataset, prompt_example, write_dataset
-from embeddinggemma.train.disjoint import SuiteGuard, assert_splits_disjoint
-from embeddinggemma.train.sources import DATASETS, PACKAGES, Candidate, DatasetRecipe, extract
 
 logger = logging.getLogger("build_training_data")
 
@@ -121,13 +121,13 @@ def _fetch(outdir: Path, suite: Path, names: set[str]) -> dict[str, Path]:
 
 
 def _fingerprint() -> str:
-    import embeddinggemma.eval.extract_code as m1
-    import embeddinggemma.eval.extract_gettext as m2
-    import embeddinggemma.eval.extract_man as m3
+    import embeddinggemma.corpus.disjoint as m5
+    import embeddinggemma.corpus.extract_code as m1
+    import embeddinggemma.corpus.extract_gettext as m2
+    import embeddinggemma.corpus.extract_man as m3
+    import embeddinggemma.corpus.pydoc as m6
+    import embeddinggemma.corpus.training_sources as m7
     import embeddinggemma.train.data as m4
-    import embeddinggemma.train.disjoint as m5
-    import embeddinggemma.train.pydoc as m6
-    import embeddinggemma.train.sources as m7
 
     h = hashlib.sha256()
     for mod in (m1, m2, m3, m4, m5, m6, m7):

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from embeddinggemma.eval import debian
-from embeddinggemma.eval.debian import DebianPackage, fetch_deb, iter_deb_files
-from embeddinggemma.eval.extract_code import docstring_summary, extract_functions, module_name
-from embeddinggemma.eval.extract_gettext import Message, mineable_text, parse_mo, parse_po
-from embeddinggemma.eval.extract_man import parse_man, roff_inline, split_name_line
-from embeddinggemma.eval.local_suite import _cut_words
-from embeddinggemma.eval.suite_sources import in_suite_partition, msgid_source_id
+from embeddinggemma.corpus import debian
+from embeddinggemma.corpus.debian import DebianPackage, fetch_deb, iter_deb_files
+from embeddinggemma.corpus.extract_code import docstring_summary, extract_functions, module_name
+from embeddinggemma.corpus.extract_gettext import Message, mineable_text, parse_mo, parse_po
+from embeddinggemma.corpus.extract_man import parse_man, roff_inline, split_name_line
+from embeddinggemma.corpus.local_suite import _cut_words
+from embeddinggemma.corpus.suite_sources import in_suite_partition, msgid_source_id
 
 # ----------------------------------------------------------------------------- man pages
 
@@ -313,7 +313,7 @@ def test_fetch_deb_uses_verified_cache_and_explains_failures(tmp_path: Path, mon
     reason="downloads ~40 MB of Debian packages: set EMBEDDINGGEMMA_SUITE_BUILD=1 (after apt-get update)",
 )
 def test_build_local_suite(tmp_path: Path) -> None:
-    from embeddinggemma.eval.local_suite import build_local_suite, used_source_ids
+    from embeddinggemma.corpus.local_suite import build_local_suite, used_source_ids
     from embeddinggemma.eval.runner import suite_tasks
 
     out = Path(os.environ.get("EMBEDDINGGEMMA_SUITE_DIR", tmp_path / "suite"))

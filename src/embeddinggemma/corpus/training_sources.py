@@ -2,7 +2,7 @@
 
 The paper's finetuning mixture spans task diversity, language diversity and code (section 2). At toy
 scale, offline and reproducibly, the same three groups come from exact ``.deb`` files (version + sha256,
-:mod:`embeddinggemma.eval.debian`) with the suite's own extractors:
+:mod:`embeddinggemma.corpus.debian`) with the suite's own extractors:
 
 * ``code``: docstring summary -> function without its docstring (CPython 3.11 stdlib), "code_retrieval";
 * ``manpages``: a man page's NAME description -> its DESCRIPTION, "query";
@@ -13,7 +13,7 @@ scale, offline and reproducibly, the same three groups come from exact ``.deb`` 
 
 Each extractor returns :class:`Candidate` examples carrying ``meta.source_ids`` (what they are cut from)
 and a ``group`` (the unit kept together in one split); ``scripts/build_training_data.py`` filters them
-through :class:`~embeddinggemma.train.disjoint.SuiteGuard`, splits and writes them.
+through :class:`~embeddinggemma.corpus.disjoint.SuiteGuard`, splits and writes them.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from embeddinggemma.eval.debian import DebianPackage, iter_deb_files
-from embeddinggemma.eval.extract_code import extract_functions, module_name
-from embeddinggemma.eval.extract_gettext import mineable_text, parse_mo
-from embeddinggemma.eval.extract_man import parse_man, split_name_line
-from embeddinggemma.eval.local_suite import leading_sentences
-from embeddinggemma.eval.suite_sources import PACKAGES as SUITE_PACKAGES
-from embeddinggemma.eval.suite_sources import msgid_source_id
+from embeddinggemma.corpus.debian import DebianPackage, iter_deb_files
+from embeddinggemma.corpus.extract_code import extract_functions, module_name
+from embeddinggemma.corpus.extract_gettext import mineable_text, parse_mo
+from embeddinggemma.corpus.extract_man import parse_man, split_name_line
+from embeddinggemma.corpus.local_suite import leading_sentences
+from embeddinggemma.corpus.pydoc import parse_rst
+from embeddinggemma.corpus.suite_sources import PACKAGES as SUITE_PACKAGES
+from embeddinggemma.corpus.suite_sources import msgid_source_id
 from embeddinggemma.train.data import TrainingExample
-from embeddinggemma.train.pydoc import parse_rst
 
 logger = logging.getLogger(__name__)
 

@@ -37,18 +37,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from embeddinggemma.eval.data import TaskSpec, write_jsonl
-from embeddinggemma.eval.debian import fetch_deb, iter_deb_files, sha256_file
-from embeddinggemma.eval.extract_code import CodeFunction, extract_functions, module_name
-from embeddinggemma.eval.extract_gettext import mineable_text, parse_mo
-from embeddinggemma.eval.extract_man import parse_man, split_name_line
-from embeddinggemma.eval.suite_sources import (
+from embeddinggemma.corpus.debian import fetch_deb, iter_deb_files, sha256_file
+from embeddinggemma.corpus.extract_code import CodeFunction, extract_functions, module_name
+from embeddinggemma.corpus.extract_gettext import mineable_text, parse_mo
+from embeddinggemma.corpus.extract_man import parse_man, split_name_line
+from embeddinggemma.corpus.suite_sources import (
     PACKAGES,
     PARTITION_SALT,
     SUITE_VERSION,
     in_suite_partition,
     msgid_source_id,
 )
+from embeddinggemma.eval.data import TaskSpec, write_jsonl
 from embeddinggemma.prompts import TASK_PROMPTS, document_prompt
 
 logger = logging.getLogger(__name__)
@@ -468,12 +468,12 @@ def _count_tokens(specs: list[TaskSpec], tokenizer_path: Path | None) -> tuple[d
 def _code_fingerprint() -> str:
     """sha256 over the source of every module that shapes the data, so an edited extractor
     invalidates an existing build instead of silently reusing it."""
+    import embeddinggemma.corpus.debian as debian_mod
+    import embeddinggemma.corpus.extract_code as code_mod
+    import embeddinggemma.corpus.extract_gettext as gettext_mod
+    import embeddinggemma.corpus.extract_man as man_mod
+    import embeddinggemma.corpus.suite_sources as sources_mod
     import embeddinggemma.eval.data as data_mod
-    import embeddinggemma.eval.debian as debian_mod
-    import embeddinggemma.eval.extract_code as code_mod
-    import embeddinggemma.eval.extract_gettext as gettext_mod
-    import embeddinggemma.eval.extract_man as man_mod
-    import embeddinggemma.eval.suite_sources as sources_mod
     import embeddinggemma.prompts as prompts_mod
 
     h = hashlib.sha256()

@@ -1,4 +1,4 @@
-"""Training data stays disjoint from the evaluation suite (embeddinggemma.train.disjoint, .sources), on small
+"""Training data stays disjoint from the evaluation suite (embeddinggemma.corpus.disjoint, .training_sources), on small
 fixtures: a fake built suite, fake .deb packages and a fake gettext catalogue."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from embeddinggemma.eval.suite_sources import in_suite_partition, msgid_source_id
+from embeddinggemma.corpus.disjoint import DisjointnessError, SuiteGuard, assert_splits_disjoint
+from embeddinggemma.corpus.pydoc import parse_rst
+from embeddinggemma.corpus.suite_sources import in_suite_partition, msgid_source_id
+from embeddinggemma.corpus.training_sources import bitext_candidates, code_candidates, cut_words
 from embeddinggemma.train.data import TrainingExample, write_dataset
-from embeddinggemma.train.disjoint import DisjointnessError, SuiteGuard, assert_splits_disjoint
-from embeddinggemma.train.pydoc import parse_rst
-from embeddinggemma.train.sources import bitext_candidates, code_candidates, cut_words
 
 # Partition membership is a pure function of the identifier (checked here, so the fixtures cannot drift).
 IN_SUITE, OUTSIDE = "alpha", "beta"
