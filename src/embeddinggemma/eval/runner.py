@@ -45,8 +45,8 @@ from embeddinggemma.eval.metrics import (
     sts_scores,
     validate_qrels,
 )
-from embeddinggemma.quant.embeddings import EMBEDDING_PRECISIONS, int8_ranges, scoring_vectors
-from embeddinggemma.search import search
+from embeddinggemma.vectors.codes import EMBEDDING_PRECISIONS, int8_ranges, scoring_vectors
+from embeddinggemma.vectors.exact import search
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def evaluate_task(
         task: a :class:`TaskSpec` or a task directory containing ``task.json``.
         dims: Matryoshka dims to score (e.g. ``[768, 512, 256, 128]``); default: full width.
         precisions: embedding precisions to score each dim at (``"float32"``, ``"int8"``, ``"binary"``;
-            see :mod:`embeddinggemma.quant.embeddings`); the texts are still encoded once.
+            see :mod:`embeddinggemma.vectors.codes`); the texts are still encoded once.
         batch_size, show_progress: passed to the embedder.
         k_values: retrieval cut-offs; the search returns ``max(k_values)`` documents.
         cache: share encodings with other tasks (see :class:`EmbeddingCache`).
