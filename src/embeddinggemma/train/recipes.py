@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from embeddinggemma.config import refuse_float16
 from embeddinggemma.train.losses import LossConfig
 
 __all__ = [
@@ -104,11 +105,7 @@ class TrainConfig:
     resume: bool = True  # continue from the newest checkpoint in output_dir, if any
 
     def __post_init__(self) -> None:
-        if self.precision in ("float16", "fp16", "half"):
-            raise RecipeError(
-                "train.precision float16 is refused: Gemma 3 activations reach ~8e5 and overflow float16 (65504); "
-                "use bfloat16 or float32"
-            )
+        refuse_float16(self.precision, "train.precision")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise RecipeError(f"train.precision {self.precision!r} is not one of auto, float32, bfloat16")
         if self.packing not in ("auto", "off", "dense", "flex", "varlen"):

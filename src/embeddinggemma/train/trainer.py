@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from embeddinggemma.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from embeddinggemma.config import refuse_float16
 from embeddinggemma.model import EmbeddingGemma
 from embeddinggemma.tokenizer import TextTokenizer, load_tokenizer
 from embeddinggemma.train.distributed import DistributedContext
@@ -44,13 +45,11 @@ __all__ = ["LOG_FILE", "Trainer", "WarmupDecay", "build_loader", "build_optimize
 
 LOG_FILE = "train_log.jsonl"
 STATE_FILE = "trainer_state.pt"
-_FP16_ERROR = "float16 overflows in Gemma 3 activations (~8e5 > 65504); use precision bfloat16 or float32"
 
 
 def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype: bf16 on CUDA for "auto", none (fp32) on CPU; "float16" is refused."""
-    if precision in ("float16", "fp16", "half"):
-        raise ValueError(_FP16_ERROR)
+    refuse_float16(precision, "precision")
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if precision in ("bfloat16", "bf16"):
