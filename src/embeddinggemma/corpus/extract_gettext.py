@@ -1,4 +1,4 @@
-"""Translated message pairs from gettext catalogues (``.mo`` binaries and ``.po`` text).
+"""Translated message pairs from gettext catalogues (``.mo`` binaries and ``.po`` text, read by polib).
 
 Program messages translated by volunteer teams are real parallel text in dozens of
 languages. Most messages are too short or mostly format directives to test a sentence
@@ -8,10 +8,11 @@ directives and command-line option names are removed.
 
 from __future__ import annotations
 
-import ast
 import re
 import struct
 from dataclasses import dataclass
+
+import polib
 
 __all__ = ["Message", "mineable_text", "parse_mo", "parse_po"]
 
@@ -27,95 +28,24 @@ class Message:
     plural: bool = False
 
 
-def _charset(header: str) -> str:
-    m = re.search(r"charset=([-\w]+)", header)
-    return m.group(1) if m else "utf-8"
+def _message(entry: polib.POEntry | polib.MOEntry) -> Message:
+    plural = bool(entry.msgid_plural)
+    msgstr = entry.msgstr_plural.get(0, "") if plural else entry.msgstr
+    return Message(entry.msgid, msgstr, entry.msgctxt, "fuzzy" in entry.flags, plural)
 
 
 def parse_mo(data: bytes) -> list[Message]:
-    """Entries of a compiled ``.mo`` file (either byte order), header entry excluded."""
-    if len(data) < 28:
-        raise ValueError("too short to be a .mo file")
-    magic = struct.unpack("<I", data[:4])[0]
-    if magic == 0x950412DE:
-        order = "<"
-    elif magic == 0xDE120495:
-        order = ">"
-    else:
-        raise ValueError(f"bad .mo magic number {magic:#x}")
-    _, count, orig_off, trans_off = struct.unpack(order + "4I", data[4:20])
-
-    def string(table: int, i: int) -> bytes:
-        length, offset = struct.unpack(order + "2I", data[table + 8 * i : table + 8 * i + 8])
-        return data[offset : offset + length]
-
-    raw = [(string(orig_off, i), string(trans_off, i)) for i in range(count)]
-    header = next((t for o, t in raw if o == b""), b"").decode("ascii", "replace")
-    enc = _charset(header)
-    out: list[Message] = []
-    for orig, trans in raw:
-        if orig == b"":
-            continue
-        o = orig.decode(enc, "replace")
-        t = trans.decode(enc, "replace")
-        context = None
-        if "\x04" in o:
-            context, o = o.split("\x04", 1)
-        plural = "\x00" in o
-        out.append(Message(o.split("\x00")[0], t.split("\x00")[0], context, False, plural))
-    return out
-
-
-def _po_string(s: str) -> str:
-    # PO strings use C escapes, which Python's string literal syntax covers for what appears.
-    return ast.literal_eval(s) if s.startswith('"') else ""
+    """Entries of a compiled ``.mo`` file (either byte order; read by polib), header entry excluded."""
+    try:
+        catalogue = polib.mofile(data)
+    except (OSError, ValueError, struct.error) as exc:  # polib reports a bad magic number as OSError
+        raise ValueError(f"not a gettext .mo catalogue: {exc}") from exc
+    return [_message(e) for e in catalogue if e.msgid]
 
 
 def parse_po(text: str) -> list[Message]:
-    """Entries of a ``.po`` file (header and obsolete ``#~`` entries excluded). Only what
-    the suite needs: ``msgctxt``, ``msgid``, ``msgid_plural``, ``msgstr``/``msgstr[0]``,
-    multi-line strings and the ``fuzzy`` flag."""
-    out: list[Message] = []
-    entry: dict[str, str] = {}
-    flags: set[str] = set()
-    key: str | None = None
-
-    def finish() -> None:
-        nonlocal entry, flags, key
-        if "msgid" in entry and entry["msgid"] != "":
-            out.append(
-                Message(
-                    entry["msgid"], entry.get("msgstr", ""), entry.get("msgctxt"), "fuzzy" in flags,
-                    "msgid_plural" in entry,
-                )
-            )  # fmt: skip
-        entry, flags, key = {}, set(), None
-
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            finish()
-            continue
-        if line.startswith("#,"):
-            if "msgid" in entry:
-                finish()
-            flags.update(f.strip() for f in line[2:].split(","))
-            continue
-        if line.startswith("#"):
-            continue
-        m = re.match(r"(msgctxt|msgid_plural|msgid|msgstr(?:\[(\d+)\])?)\s+(\".*\")$", line)
-        if m:
-            name = m.group(1)
-            if (name == "msgctxt" or (name == "msgid" and "msgid" in entry)) and "msgid" in entry:
-                finish()
-            if name.startswith("msgstr["):
-                name = "msgstr" if m.group(2) == "0" else f"_{name}"
-            key = name
-            entry[key] = _po_string(m.group(3))
-        elif line.startswith('"') and key is not None:
-            entry[key] += _po_string(line)
-    finish()
-    return out
+    """Entries of a ``.po`` file (read by polib; header and obsolete ``#~`` entries excluded)."""
+    return [_message(e) for e in polib.pofile(text) if e.msgid and not e.obsolete]
 
 
 _FORMAT = re.compile(r"%(?:\d+\$)?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|t)?[diouxXeEfFgGaAcspnm%]")
