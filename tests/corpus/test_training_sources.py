@@ -174,6 +174,68 @@ def test_bitext_candidates_carry_the_coreutils_identifier(tmp_path: Path) -> Non
     assert [c.example.positive for c in cands if guard.allows(c.example)] == [own]
 
 
+def test_rst_is_parsed_by_docutils_with_sphinx_markup_as_text(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read me")
+    page = parse_rst(
+        f"""=======================
+ The Title (overlined)
+=======================
+
+Intro |name| text [#]_.
+
+.. |name| replace:: substituted
+
+.. [#] a footnote
+
+Lists
+=====
+
+#. first
+#. second
+
+* a bullet
+
+term
+   its definition
+
+>>> 1 + 1
+2
+
+.. note::
+   A note under the directive line.
+
+.. versionchanged:: 3.9
+   :class:`dict` supports ``[]``.
+
+.. c:function:: int f(int *a, \\
+                      int b)
+                PyObject* g(void)
+
+   Does *things*.
+
+.. include:: {secret}
+
+.. raw:: html
+   :file: {secret}
+
++------+-------+
+| a    | b     |
++======+=======+
+| 1    | 2     |
++------+-------+
+"""
+    )
+    assert page.title == "The Title (overlined)"
+    assert page.sections[0][1] == "Intro substituted text."
+    assert page.sections[1] == (
+        "Lists",
+        "1. first\n2. second\n* a bullet\nterm its definition\n>>> 1 + 1\n2\nA note under the directive line.\n"
+        "dict supports [].\nint f(int *a, int b)\nPyObject* g(void)\nDoes things.\na | b\n1 | 2",
+    )
+    assert "do not read me" not in str(page)
+
+
 def test_rst_sections_and_cut_words() -> None:
     page = parse_rst(
         """:mod:`spam` --- Eggs
