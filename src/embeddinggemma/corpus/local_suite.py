@@ -29,13 +29,17 @@ import json
 import logging
 import random
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from embeddinggemma import prompts
+from embeddinggemma.corpus import debian, extract_code, extract_gettext, extract_man, suite_sources
 from embeddinggemma.corpus.debian import fetch_deb, iter_deb_files, sha256_file
 from embeddinggemma.corpus.extract_code import STDLIB_PACKAGES, CodeFunction, stdlib_functions
 from embeddinggemma.corpus.extract_gettext import mineable_text, parse_mo
@@ -47,6 +51,7 @@ from embeddinggemma.corpus.suite_sources import (
     in_suite_partition,
     msgid_source_id,
 )
+from embeddinggemma.eval import data as eval_data
 from embeddinggemma.eval.data import TaskSpec, write_jsonl
 from embeddinggemma.prompts import TASK_PROMPTS, document_prompt
 
@@ -57,12 +62,23 @@ __all__ = [
     "SUITE_VERSION",
     "SuiteConfig",
     "build_local_suite",
+    "code_fingerprint",
     "in_suite_partition",
     "load_manifest",
     "used_source_ids",
 ]
 
 MAX_TOKENS = 512  # evaluation context, as in the paper
+# The modules besides this one whose source shapes the suite's files.
+SUITE_CODE: tuple[ModuleType, ...] = (
+    eval_data,
+    debian,
+    extract_code,
+    extract_gettext,
+    extract_man,
+    suite_sources,
+    prompts,
+)
 
 
 @dataclass(frozen=True)
@@ -411,28 +427,19 @@ def _count_tokens(specs: list[TaskSpec], tokenizer_path: Path | None) -> tuple[d
 # -------------------------------------------------------------------------- manifest
 
 
-def _code_fingerprint() -> str:
-    """sha256 over the source of every module that shapes the data, so an edited extractor
+def code_fingerprint(*modules: ModuleType) -> str:
+    """sha256 over the source files of ``modules`` (those that shape a build's data), so an edited extractor
     invalidates an existing build instead of silently reusing it."""
-    import embeddinggemma.corpus.debian as debian_mod
-    import embeddinggemma.corpus.extract_code as code_mod
-    import embeddinggemma.corpus.extract_gettext as gettext_mod
-    import embeddinggemma.corpus.extract_man as man_mod
-    import embeddinggemma.corpus.suite_sources as sources_mod
-    import embeddinggemma.eval.data as data_mod
-    import embeddinggemma.prompts as prompts_mod
-
     h = hashlib.sha256()
-    for mod in (data_mod, debian_mod, code_mod, gettext_mod, man_mod, sources_mod, prompts_mod):
-        h.update(Path(str(mod.__file__)).read_bytes())
-    h.update(Path(__file__).read_bytes())
+    for module in modules:
+        h.update(Path(str(module.__file__)).read_bytes())
     return h.hexdigest()
 
 
 def _build_key(cfg: SuiteConfig) -> str:
     payload = {
         "version": SUITE_VERSION,
-        "code": _code_fingerprint(),
+        "code": code_fingerprint(*SUITE_CODE, sys.modules[__name__]),
         "config": asdict(cfg),
         "packages": {n: asdict(p) for n, p in sorted(PACKAGES.items())},
     }
