@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the local benchmark suite into OUTDIR (see embeddinggemma.eval.local_suite).
+"""Build the local benchmark suite into OUTDIR (see embeddinggemma.corpus.local_suite).
 
     python scripts/build_local_suite.py data/local_suite
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from embeddinggemma.checkpoint import cached_file
-from embeddinggemma.eval.local_suite import SuiteConfig, build_local_suite
+from embeddinggemma.corpus.local_suite import SuiteConfig, build_local_suite
 
 logger = logging.getLogger("build_local_suite")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Build the training datasets into OUTDIR, disjoint from the local evaluation suite; optionally mine
-hard negatives and precompute teacher embeddings with a model (see embeddinggemma.train.sources).
+hard negatives and precompute teacher embeddings with a model (see embeddinggemma.corpus.training_sources).
 
     python scripts/build_training_data.py data/train                       # build (minutes, no model)
     flock /tmp/embeddinggemma-cpu.lock python scripts/build_training_data.py data/train \\
@@ -30,18 +30,30 @@ from pathlib import Path
 from typing import Any
 
 from embeddinggemma.checkpoint import cached_file
+from embeddinggemma.corpus import disjoint, local_suite, pydoc, training_sources
+from embeddinggemma.corpus.debian import fetch_deb, sha256_file
+from embeddinggemma.corpus.disjoint import SuiteGuard, assert_splits_disjoint
+from embeddinggemma.corpus.local_suite import SUITE_CODE, code_fingerprint
+from embeddinggemma.corpus.suite_sources import PARTITION_SALT, SUITE_VERSION
+from embeddinggemma.corpus.training_sources import DATASETS, PACKAGES, Candidate, DatasetRecipe, extract
 from embeddinggemma.eval.data import TaskSpec, write_jsonl
-from embeddinggemma.eval.debian import fetch_deb, sha256_file
-from embeddinggemma.eval.suite_sources import PARTITION_SALT, SUITE_VERSION
-from embeddinggemma.train.data import DatasetSpec, TrainingExample, load_dataset, prompt_example, write_dataset
-from embeddinggemma.train.disjoint import SuiteGuard, assert_splits_disjoint
-from embeddinggemma.train.sources import DATASETS, PACKAGES, Candidate, DatasetRecipe, extract
+from embeddinggemma.train import data as training_data
+from embeddinggemma.train.data import (
+    DatasetSpec,
+    TrainingExample,
+    iter_examples,
+    load_dataset,
+    prompt_example,
+    write_dataset,
+)
 
 logger = logging.getLogger("build_training_data")
 
 TRAIN_DATA_VERSION = "train-data/v1"
 DEV_SALT = "embeddinggemma-train-dev/v1:"  # never change: it decides which groups are dev
 MAX_TOKENS = 512
+# Every module whose source shapes the training data's files (with this script).
+TRAINING_DATA_CODE = (*SUITE_CODE, local_suite, training_data, disjoint, pydoc, training_sources)
 
 
 def in_dev(group: str, percent: int) -> bool:
@@ -86,8 +98,6 @@ def _write_eval_task(spec: DatasetSpec, recipe: DatasetRecipe, examples: list[Tr
 
 def _token_stats(tokenizer: Any, spec: DatasetSpec) -> dict[str, Any]:
     """Token counts of the prompted texts as the model sees them (BOS/EOS included), per role."""
-    from embeddinggemma.train.data import iter_examples
-
     roles: dict[str, dict[str, None]] = {"queries": {}, "positives": {}, "negatives": {}}
     for _, ex in iter_examples(spec.path):
         p = prompt_example(ex, spec.task, symmetric=spec.symmetric)
@@ -118,22 +128,6 @@ def _fetch(outdir: Path, suite: Path, names: set[str]) -> dict[str, Path]:
             os.link(seeded, cache / pkg.filename)  # same bytes; fetch_deb still verifies the hash
         debs[name] = fetch_deb(pkg, cache)
     return debs
-
-
-def _fingerprint() -> str:
-    import embeddinggemma.eval.extract_code as m1
-    import embeddinggemma.eval.extract_gettext as m2
-    import embeddinggemma.eval.extract_man as m3
-    import embeddinggemma.train.data as m4
-    import embeddinggemma.train.disjoint as m5
-    import embeddinggemma.train.pydoc as m6
-    import embeddinggemma.train.sources as m7
-
-    h = hashlib.sha256()
-    for mod in (m1, m2, m3, m4, m5, m6, m7):
-        h.update(Path(str(mod.__file__)).read_bytes())
-    h.update(Path(__file__).read_bytes())
-    return h.hexdigest()
 
 
 def build(outdir: Path, suite: Path, tokenizer_path: Path | None, *, seed: int, dev_percent: int) -> dict[str, Any]:
@@ -195,7 +189,7 @@ def build(outdir: Path, suite: Path, tokenizer_path: Path | None, *, seed: int, 
     }
     manifest = {
         "version": TRAIN_DATA_VERSION,
-        "code_fingerprint": _fingerprint(),
+        "code_fingerprint": code_fingerprint(*TRAINING_DATA_CODE, sys.modules[__name__]),
         "seed": seed,
         "dev_percent": dev_percent,
         "packages": {n: {**PACKAGES[n].__dict__} for n in sorted(debs)},

@@ -6,11 +6,11 @@
 #             [0, 6, 12, 16, 22, 23]: five sliding-window layers, then the last global one), scored on
 #             the local suite before any training
 #   ablation  the student distilled on `code` with the whole recipe (finetune-code) and with each of
-#             spread-out, distillation, hardness weighting, Matryoshka removed (recipes/ablation-*.yaml);
+#             spread-out, distillation, hardness weighting, Matryoshka removed (src/embeddinggemma/recipes/ablation-*.yaml);
 #             each scored at 768/128 dims x float32/int8/binary embeddings on the code dev split and
 #             the local suite. The full arm is also "the distilled student" (retention, speed-up).
 #   soup      three fine-tunes of the distilled student on different dataset mixtures
-#             (recipes/soup-mixture-{a,b,c}.yaml, in-batch negatives only: only `code` has mined
+#             (src/embeddinggemma/recipes/soup-mixture-{a,b,c}.yaml, in-batch negatives only: only `code` has mined
 #             negatives and teacher embeddings), their uniform soup, all scored on the suite and the
 #             dev splits of every training dataset.
 #
@@ -21,7 +21,7 @@
 #      repeating the ablation under other seeds measures its run-to-run noise), KEEP_CHECKPOINTS=1 to keep
 #      each run's resumable checkpoint (~2.7 GB each; by default only the trained model is kept).
 # Needs: the training data (scripts/build_training_data.py, with the code teacher cache and mined
-# negatives; see recipes/finetune-code.yaml) and the local suite (scripts/build_local_suite.py).
+# negatives; see src/embeddinggemma/recipes/finetune-code.yaml) and the local suite (scripts/build_local_suite.py).
 set -euo pipefail
 OUT=${OUT:-runs/small}
 RESULTS=${RESULTS:-benchmarks/results/small-scale}

@@ -20,7 +20,20 @@ SLIDING_ATTENTION = "sliding_attention"
 LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
 
 # The sizes the released model was trained for (paper section 2, Matryoshka loss).
-MATRYOSHKA_DIMS = (768, 512, 256, 128)
+MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
+
+# Gemma 3 activations reach ~8e5; float16 stops at 65504 (docs section 7).
+FLOAT16_NAMES = ("float16", "fp16", "half", "torch.float16")
+
+
+def refuse_float16(dtype: object, setting: str = "dtype") -> None:
+    """Raise ValueError, with the reason, when ``dtype`` (a name or ``torch.float16``) is float16: the one
+    check behind every dtype and precision option of the API, the CLI and training recipes."""
+    if str(dtype) in FLOAT16_NAMES:
+        raise ValueError(
+            f"{setting}={dtype} is refused: float16 overflows in Gemma 3 activations (they reach ~8e5, "
+            "float16 stops at 65504) and gives NaN or garbage embeddings; use bfloat16 or float32"
+        )
 
 
 class ConfigError(ValueError):

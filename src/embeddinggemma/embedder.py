@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from embeddinggemma.checkpoint import DEFAULT_MODEL, CheckpointInfo, load_checkpoint, save_checkpoint
-from embeddinggemma.config import MATRYOSHKA_DIMS, EmbeddingGemmaConfig
+from embeddinggemma.config import MATRYOSHKA_DIMS, EmbeddingGemmaConfig, refuse_float16
 from embeddinggemma.engine.runners import PackedRunner, PaddedRunner, Runner
 from embeddinggemma.engine.stream import chunked, prefetch_map
+from embeddinggemma.matryoshka import matryoshka_truncate
 from embeddinggemma.model import EmbeddingGemma
 from embeddinggemma.prompts import PromptTable, document_prompt
 from embeddinggemma.tokenizer import BaseTokenizer, OnTruncation, TokenizerBackend, load_tokenizer
@@ -42,18 +43,13 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
-_FP16_ERROR = (
-    "float16 overflows in Gemma 3 activations (they reach ~8e5, float16 stops at 65504) and gives NaN or "
-    "garbage embeddings; use bfloat16 or float32"
-)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """None -> fp32 on CPU, bf16 on CUDA. float16 is refused with the reason."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype in (torch.float16, "float16", "fp16", "half"):
-        raise ValueError(_FP16_ERROR)
+    refuse_float16(dtype)
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"dtype {dtype} is not supported; use torch.float32 or torch.bfloat16")
@@ -410,7 +406,7 @@ class Embedder:
         with tqdm(disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
             for token_ids in prefetch_map(tokenize, chunked(pairs, chunk_size)):
                 embeddings = self.runner.embed(token_ids, max_texts=batch_size, progress=bar.update)
-                yield finish_embeddings(embeddings, dim, normalize).numpy()
+                yield matryoshka_truncate(embeddings, dim, normalize=normalize).numpy()
 
     def _encode_prompted(
         self,
@@ -436,7 +432,7 @@ class Embedder:
             embeddings = self.embed_token_ids(token_ids, batch_size=batch_size, show_progress=show_progress)
         else:
             embeddings = torch.empty(0, self.embedding_dim)
-        embeddings = finish_embeddings(embeddings, dim, normalize)
+        embeddings = matryoshka_truncate(embeddings, dim, normalize=normalize)
         if single:
             embeddings = embeddings[0]
         return embeddings.numpy() if output == "numpy" else embeddings
@@ -528,9 +524,3 @@ def default_runner(model: EmbeddingGemma, pad_id: int, engine: str = "auto", **o
     if engine == "packed":
         return PackedRunner(model, pad_id=pad_id, **options)
     raise ValueError(f"engine must be 'auto', 'padded' or 'packed', got {engine!r}")
-
-
-def finish_embeddings(embeddings: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
-    """Matryoshka truncation to `dim`, then L2 normalisation (of the truncated vector)."""
-    embeddings = embeddings[:, :dim]
-    return F.normalize(embeddings, dim=-1) if normalize else embeddings.contiguous()

@@ -17,7 +17,7 @@ from embeddinggemma.eval.metrics import (
     sts_scores,
     validate_qrels,
 )
-from embeddinggemma.search import search
+from embeddinggemma.vectors.exact import search
 
 CORPUS = ["d1", "d2", "d3", "d4", "d5"]
 QUERIES = ["q1", "q2", "q3"]

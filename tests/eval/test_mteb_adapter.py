@@ -18,7 +18,8 @@ from mteb.results.task_result import TaskResult  # noqa: E402
 
 from embeddinggemma.eval.mteb_adapter import MTEBEmbedder, lookup_prompt, model_meta  # noqa: E402
 from embeddinggemma.eval.mteb_local import local_mteb_tasks, local_prompts  # noqa: E402
-from embeddinggemma.eval.runner import evaluate_suite, truncate_and_normalize  # noqa: E402
+from embeddinggemma.eval.runner import evaluate_suite  # noqa: E402
+from embeddinggemma.matryoshka import matryoshka_truncate  # noqa: E402
 from embeddinggemma.prompts import PromptTable  # noqa: E402
 
 # The released checkpoint's config_sentence_transformers.json prompts, verbatim.
@@ -145,7 +146,7 @@ def test_dims_share_one_encoding(tiny_embedder) -> None:
     meta = MockSTSTask().metadata
     full = model.encode(loader, task_metadata=meta, hf_split="test", hf_subset="default")
     cut = small.encode(loader, task_metadata=meta, hf_split="test", hf_subset="default")
-    np.testing.assert_allclose(cut, truncate_and_normalize(full, 16), atol=1e-6)
+    np.testing.assert_allclose(cut, matryoshka_truncate(full, 16), atol=1e-6)
     direct = tiny_embedder.encode(texts, task="sts", dim=16)
     np.testing.assert_allclose(cut, direct, atol=1e-5)
     with pytest.raises(ValueError, match="dim must be"):

@@ -17,7 +17,6 @@ from embeddinggemma.eval.runner import (
     evaluate_suite,
     evaluate_task,
     load_results,
-    truncate_and_normalize,
 )
 
 WIDTH = 64
@@ -105,13 +104,6 @@ def _suite(tmp_path: Path) -> Path:
     )
     TaskSpec(name="bitext", kind="bitext", root=suite / "bitext", files={"pairs": "pairs.jsonl"}).save()
     return suite
-
-
-def test_truncate_and_normalize() -> None:
-    x = np.array([[3.0, 4.0, 12.0]], np.float32)
-    np.testing.assert_allclose(truncate_and_normalize(x, 2), [[0.6, 0.8]])
-    with pytest.raises(ValueError, match=r"outside 1\.\.3"):
-        truncate_and_normalize(x, 4)
 
 
 def test_retrieval_task_scores_prompts_and_subsets(tmp_path: Path) -> None:

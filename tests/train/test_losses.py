@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from embeddinggemma.matryoshka import matryoshka_truncate
 from embeddinggemma.train.losses import (
     EmbeddingGemmaLoss,
     LossConfig,
@@ -16,7 +17,6 @@ from embeddinggemma.train.losses import (
     contrastive_loss,
     embedding_distillation_loss,
     matryoshka_loss,
-    matryoshka_truncate,
     spread_out_loss,
     spread_out_term,
 )

@@ -7,28 +7,28 @@ import dataclasses
 import pytest
 
 from embeddinggemma.train.recipes import (
-    RECIPES_DIR,
+    SHIPPED_RECIPES,
     Recipe,
     RecipeError,
     apply_overrides,
     from_dict,
     load_recipe,
     recipe_to_dict,
+    shipped_recipes,
 )
 
-RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 
-
-def test_the_recipes_directory_is_found():
-    names = {p.stem for p in RECIPES}
+def test_the_recipes_ship_as_package_data():
+    names = set(shipped_recipes())
     assert {"smoke-tiny", "finetune-code", "distill-student-12l", "soup-mixture-a", "soup-mixture-b"} <= names
+    assert all((SHIPPED_RECIPES / f"{name}.yaml").is_file() for name in names)
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_every_recipe_loads_and_round_trips(path):
-    overrides = ["model.checkpoint=/some/tiny/model"] if path.stem == "smoke-tiny" else []
-    recipe = load_recipe(path, overrides)
-    assert recipe.name == path.stem
+@pytest.mark.parametrize("name", shipped_recipes())
+def test_every_recipe_loads_and_round_trips(name):
+    overrides = ["model.checkpoint=/some/tiny/model"] if name == "smoke-tiny" else []
+    recipe = load_recipe(name, overrides)
+    assert recipe.name == name
     assert recipe.description
     assert from_dict(Recipe, recipe_to_dict(recipe)) == recipe
     assert not recipe.data.rates or set(recipe.data.rates) == set(recipe.data.datasets)
@@ -91,10 +91,15 @@ def test_overrides_are_typed():
     [
         ("optim.learning_rate=1", r"unknown key optim\.learning_rate .*valid keys under optim: betas, eps, lr"),
         ("bogus=1", "unknown key bogus"),
-        ("train.steps=1.5", r"train\.steps: expected an integer"),
-        ("train.gradient_cache=yes please", r"train\.gradient_cache: expected true or false"),
-        ("optim.schedule=exponential", r"optim\.schedule: 'exponential' is not one of"),
-        ("optim.betas=[0.9]", r"optim\.betas: expected 2 values"),
+        ("loss.bogus=1", r"unknown key loss\.bogus .*valid keys under loss: alpha, contrastive_weight"),
+        ("train.steps=1.5", r"train\.steps: input should be a valid integer.*\(got 1\.5\)"),
+        ("train.gradient_cache=yes please", r"train\.gradient_cache: input should be a valid boolean"),
+        ("train.gradient_cache=1", r"train\.gradient_cache: input should be a valid boolean \(got 1\)"),
+        ("optim.schedule=exponential", r"optim\.schedule: input should be 'cosine', 'linear' or 'constant'"),
+        ("optim.betas=[0.9]", r"optim\.betas: no value at position 1 \(got \[0\.9\]\)"),
+        ("optim.betas=[0.9, 0.9, 0.9]", r"optim\.betas: tuple should have at most 2 items"),
+        ("data.datasets=[a]", r"data\.datasets: input should be a valid dictionary \(got \['a'\]\)"),
+        ("eval.dims=[768, x]", r"eval\.dims\[1\]: input should be a valid integer"),
         ("train.precision=float16", "float16 is refused"),
         ("model.checkpoint=null", r"model\.checkpoint is required"),
         ("loss.distill_alignment=projection", r"loss: distill_alignment='projection' needs teacher_dim"),
@@ -106,6 +111,32 @@ def test_overrides_are_typed():
 def test_bad_values_name_their_key(override, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe("finetune-code", [override])
+
+
+def test_every_bad_key_is_named_in_one_line():
+    with pytest.raises(RecipeError) as info:
+        load_recipe("finetune-code", ["train.steps=x", "optim.lr=fast"])
+    message = str(info.value)
+    assert "\n" not in message and "finetune-code.yaml: " in message
+    assert (
+        "train.steps: input should be a valid integer" in message
+        and "optim.lr: input should be a valid number" in message
+    )
+
+
+def test_a_missing_recipe_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(RecipeError, match=r"does not exist \(shipped recipes: .*finetune-code"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_base_is_relative_to_the_recipe_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nmodel: {checkpoint: x}\ndata: {synthetic: true}\ntrain: {steps: 2, output_dir: o}\n"
+    )
+    (tmp_path / "sub" / "top.yaml").write_text("base: ../base.yaml\nname: top\ntrain: {steps: 5}\n")
+    recipe = load_recipe(tmp_path / "sub" / "top.yaml")
+    assert recipe.name == "top" and recipe.train.steps == 5 and recipe.train.output_dir == "o"
 
 
 def test_missing_required_section_and_base_cycles(tmp_path):

@@ -79,5 +79,5 @@ class ListLoader:
 
 
 def smoke_recipe(tiny_st_dir: Path, output_dir: Path, *overrides: str):
-    """recipes/smoke-tiny.yaml on the tiny checkpoint, writing to output_dir."""
+    """The shipped smoke-tiny recipe on the tiny checkpoint, writing to output_dir."""
     return load_recipe("smoke-tiny", [f"model.checkpoint={tiny_st_dir}", f"train.output_dir={output_dir}", *overrides])

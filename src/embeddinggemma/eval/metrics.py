@@ -10,7 +10,7 @@ check it by hand, and each follows the reference implementation named next to it
   documents of the query (trec_eval's ``recall.k`` and ``map_cut.k``); MRR@k is MTEB's own
   (reciprocal rank of the first relevant document within the top k).
   One deliberate difference: the *order* of tied documents is given by the caller's
-  ranking (our :func:`embeddinggemma.search.search` puts the lower corpus index first),
+  ranking (our :func:`embeddinggemma.vectors.exact.search` puts the lower corpus index first),
   while trec_eval re-sorts ties by document id, descending.
 * STS follows MTEB's ``AbsTaskSTS``: Pearson and Spearman between gold scores and cosine.
 * Bitext mining follows MTEB's ``AbsTaskBitextMining._compute_metrics``
@@ -117,7 +117,7 @@ def retrieval_per_query(
 
     Args:
         ranked: query id -> document ids, best first (ties already ordered, e.g. by
-            :func:`embeddinggemma.search.search`). Lists may be shorter than ``k``: missing
+            :func:`embeddinggemma.vectors.exact.search`). Lists may be shorter than ``k``: missing
             ranks count as non-relevant. A judged query without a ranking scores 0.
         qrels: query id -> {document id: integer grade}; grade > 0 means relevant.
         query_ids, corpus_ids: every id that exists, for :func:`validate_qrels`.
@@ -299,9 +299,9 @@ def bitext_scores(
 
     ``gold[i]`` is the index of the correct target for source ``i`` (default: ``i``, i.e.
     row-aligned parallel sentences). Exact ties go to the lower target index
-    (:func:`embeddinggemma.search.search`); MTEB leaves that to ``torch.topk``.
+    (:func:`embeddinggemma.vectors.exact.search`); MTEB leaves that to ``torch.topk``.
     """
-    from embeddinggemma.search import search  # local import keeps metrics importable without torch
+    from embeddinggemma.vectors.exact import search  # local import keeps metrics importable without torch
 
     src = np.asarray(source_embeddings)
     tgt = np.asarray(target_embeddings)

@@ -32,7 +32,8 @@ import numpy as np
 
 from embeddinggemma.checkpoint import DEFAULT_MODEL
 from embeddinggemma.eval.counting import CountingEmbedder
-from embeddinggemma.eval.runner import EmbeddingCache, truncate_and_normalize
+from embeddinggemma.eval.runner import EmbeddingCache
+from embeddinggemma.matryoshka import matryoshka_truncate
 
 if TYPE_CHECKING:
     import torch
@@ -221,7 +222,7 @@ class MTEBEmbedder:
             full = cache.prompted(texts, self.prompt_for(task_metadata, side))
         if full.shape[0] == 0:
             return np.zeros((0, self.dim or getattr(self.embedder, "embedding_dim", 0)), np.float32)
-        return truncate_and_normalize(full, self.dim or full.shape[1])
+        return matryoshka_truncate(full, self.dim or full.shape[1])
 
     @staticmethod
     def similarity(embeddings1: np.ndarray | torch.Tensor, embeddings2: np.ndarray | torch.Tensor) -> torch.Tensor:

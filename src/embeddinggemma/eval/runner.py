@@ -45,8 +45,9 @@ from embeddinggemma.eval.metrics import (
     sts_scores,
     validate_qrels,
 )
-from embeddinggemma.quant.embeddings import EMBEDDING_PRECISIONS, int8_ranges, scoring_vectors
-from embeddinggemma.search import search
+from embeddinggemma.matryoshka import matryoshka_truncate
+from embeddinggemma.vectors.codes import EMBEDDING_PRECISIONS, int8_ranges, scoring_vectors
+from embeddinggemma.vectors.exact import search
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ __all__ = [
     "score_key",
     "score_keys",
     "suite_tasks",
-    "truncate_and_normalize",
     "write_results",
 ]
 
@@ -93,15 +93,6 @@ def _to_numpy(x: Any) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"the embedder returned shape {arr.shape}; expected (n_texts, dim)")
     return arr
-
-
-def truncate_and_normalize(embeddings: np.ndarray, dim: int) -> np.ndarray:
-    """Matryoshka slice: the first ``dim`` columns, each row re-normalised to unit length."""
-    if not 1 <= dim <= embeddings.shape[1]:
-        raise ValueError(f"dim {dim} is outside 1..{embeddings.shape[1]} (the embedding width)")
-    out = np.ascontiguousarray(embeddings[:, :dim], dtype=np.float32)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.maximum(norms, 1e-12)
 
 
 class EmbeddingCache:
@@ -217,7 +208,7 @@ def _scored_variants(
     int8 ranges are measured on ``arrays[i] for i in calibrate`` (the indexed side), per dim.
     """
     for dim in dims:
-        sliced = [truncate_and_normalize(a, dim) for a in arrays]
+        sliced = [matryoshka_truncate(a, dim) for a in arrays]
         for precision in precisions:
             ranges = int8_ranges(np.concatenate([sliced[i] for i in calibrate])) if precision == "int8" else None
             yield score_key(dim, precision), [scoring_vectors(a, precision, ranges=ranges) for a in sliced]  # type: ignore[arg-type]
@@ -316,7 +307,7 @@ def evaluate_task(
         task: a :class:`TaskSpec` or a task directory containing ``task.json``.
         dims: Matryoshka dims to score (e.g. ``[768, 512, 256, 128]``); default: full width.
         precisions: embedding precisions to score each dim at (``"float32"``, ``"int8"``, ``"binary"``;
-            see :mod:`embeddinggemma.quant.embeddings`); the texts are still encoded once.
+            see :mod:`embeddinggemma.vectors.codes`); the texts are still encoded once.
         batch_size, show_progress: passed to the embedder.
         k_values: retrieval cut-offs; the search returns ``max(k_values)`` documents.
         cache: share encodings with other tasks (see :class:`EmbeddingCache`).

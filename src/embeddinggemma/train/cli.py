@@ -26,9 +26,9 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "train",
         help="train with a recipe (YAML) and dotted overrides",
-        description="Train with a recipe: a YAML file, or a name from the repository's recipes/ directory.",
+        description="Train with a recipe: a YAML file, or the name of a recipe shipped in embeddinggemma/recipes/.",
     )
-    parser.add_argument("recipe", help="recipe file or name, e.g. recipes/finetune-code.yaml or smoke-tiny")
+    parser.add_argument("recipe", help="recipe file or shipped name, e.g. finetune-code or my-recipe.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-5 train.steps=100")
     parser.add_argument("--print", action="store_true", help="print the resolved recipe and exit")
     parser.set_defaults(func=cmd_train)

@@ -20,7 +20,7 @@ loss (spread-out regulariser and false-negative masks over the whole batch, exac
 would), and back-propagates the gradient of its own rows only; a sum over ranks of the parameter
 gradients then equals the single-process gradient.
 
-``embed_token_ids`` is the single place where token ids become embeddings: padded rows, or packed
+``embed_micro_batch`` is the single place where token ids become embeddings: padded rows, or packed
 (padding-free) sequences through the engine's ``packed_forward`` (FlashAttention varlen or FlexAttention
 on CUDA, compiled layer by layer).
 """
@@ -49,7 +49,7 @@ PACKING_MODES = ("off", "dense", "flex", "varlen")
 __all__ = [
     "BatchLike",
     "batch_loss",
-    "embed_token_ids",
+    "embed_micro_batch",
     "forward_backward",
     "resolve_packing",
 ]
@@ -89,7 +89,7 @@ def resolve_packing(packing: str, device: torch.device, autocast_dtype: torch.dt
     return packing
 
 
-def embed_token_ids(
+def embed_micro_batch(
     model: nn.Module,
     tokenizer: TextTokenizer,
     token_ids: Sequence[Sequence[int]],
@@ -201,7 +201,7 @@ def forward_backward(
             every graph (less compute). The gradients are the same.
         micro_batch_tokens: token budget of one forward (padded tokens when ``packing`` is "off").
         autocast_dtype: torch.bfloat16 for mixed precision (weights stay fp32), None for fp32.
-        packing: "off", "dense", "flex" (see ``embed_token_ids``) or "auto" (``resolve_packing``).
+        packing: "off", "dense", "flex" (see ``embed_micro_batch``) or "auto" (``resolve_packing``).
     """
     if micro_batch_tokens < 1:
         raise ValueError(f"micro_batch_tokens must be positive, got {micro_batch_tokens}")
@@ -221,7 +221,7 @@ def forward_backward(
     def embed(chunk: list[int]) -> Tensor:
         with autocast:
             texts = [token_ids[i] for i in chunk]
-            return embed_token_ids(model, tokenizer, texts, packing=packing, budget=micro_batch_tokens).float()
+            return embed_micro_batch(model, tokenizer, texts, packing=packing, budget=micro_batch_tokens).float()
 
     order = torch.tensor([i for chunk in chunks for i in chunk], dtype=torch.long)
     with torch.set_grad_enabled(not gradient_cache):

@@ -25,21 +25,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from embeddinggemma.config import MATRYOSHKA_DIMS
+from embeddinggemma.matryoshka import matryoshka_truncate
+
 Denominator = Literal["infonce", "paper"]
 Distance = Literal["mse", "cosine"]
 Alignment = Literal["prefix", "projection"]
 
-MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
-
 __all__ = [
-    "MATRYOSHKA_DIMS",
     "EmbeddingGemmaLoss",
     "LossConfig",
     "TeacherProjection",
     "contrastive_loss",
     "embedding_distillation_loss",
     "matryoshka_loss",
-    "matryoshka_truncate",
     "spread_out_loss",
     "spread_out_term",
 ]
@@ -48,20 +47,6 @@ __all__ = [
 def _unit(x: Tensor) -> Tensor:
     """Upcast to float32 and L2-normalise the last dim (a zero vector stays zero instead of NaN)."""
     return F.normalize(x.float(), dim=-1)
-
-
-def matryoshka_truncate(x: Tensor, dim: int) -> Tensor:
-    """Take the first ``dim`` coordinates and re-normalise (float32), as the released model is used.
-
-    Raises ValueError when ``dim`` exceeds the embedding width: a silent no-op slice would train one
-    dimension twice and report a Matryoshka size that does not exist.
-    """
-    if not 0 < dim <= x.shape[-1]:
-        raise ValueError(
-            f"Matryoshka dim {dim} is not in 1..{x.shape[-1]} (the embedding width); "
-            "drop it from matryoshka_dims or use a wider model"
-        )
-    return _unit(x[..., :dim])
 
 
 # ----------------------------------------------------------------------------------------------------

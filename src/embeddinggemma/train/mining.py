@@ -12,7 +12,7 @@ to push away a correct answer), so, as is common practice (the paper does not pu
 * the positive, exact duplicates of it (up to whitespace and case), and the positives of other rows with
   the same query are never negatives; for symmetric tasks neither is the query itself.
 
-Search is exact (:func:`embeddinggemma.search.search`, batched top-k, deterministic tie order), so the
+Search is exact (:func:`embeddinggemma.vectors.exact.search`, batched top-k, deterministic tie order), so the
 result depends only on the model, the data and these parameters. Embeddings can be taken from a
 :class:`~embeddinggemma.train.teacher.TeacherCache` when the mining model is the teacher: the prompted
 texts are the same, so mining then costs no model time for the texts already cached.
@@ -32,7 +32,6 @@ from typing import Any, Literal
 import numpy as np
 
 from embeddinggemma.prompts import PromptTable, document_prompt
-from embeddinggemma.search import search
 from embeddinggemma.train.data import (
     DatasetSpec,
     TrainingExample,
@@ -43,6 +42,7 @@ from embeddinggemma.train.data import (
     write_dataset,
 )
 from embeddinggemma.train.teacher import TeacherCache, TextEncoder
+from embeddinggemma.vectors.exact import search
 
 logger = logging.getLogger(__name__)
 

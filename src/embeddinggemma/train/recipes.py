@@ -1,4 +1,4 @@
-"""Training recipes: a typed dataclass tree read from YAML, validated on load, with dotted overrides.
+"""Training recipes: a typed dataclass tree read from YAML, validated on load (pydantic), with dotted overrides.
 
 A recipe names everything a run depends on (paper section 2: model, data mixture, loss, optimiser,
 schedule), so a run is reproduced from its file plus its overrides. Loading is strict: an unknown key,
@@ -8,23 +8,34 @@ typo such as ``optim.learning_rate`` silently falling back to a default wastes a
 Composition: a recipe may say ``base: other.yaml`` (relative to its own file); its keys are merged over
 the base recursively. Overrides on the command line use the same dotted keys::
 
-    embeddinggemma train recipes/finetune-code.yaml optim.lr=1e-5 train.steps=200 loss.matryoshka_dims=[768,256]
+    embeddinggemma train finetune-code optim.lr=1e-5 train.steps=200 loss.matryoshka_dims=[768,256]
 
 Override values are parsed as YAML (``[1, 2]``, ``null``, ``true``); numbers written ``1e-5`` (which
 YAML 1.1 reads as text) are accepted wherever the field is a number. Relative paths inside a recipe are
-relative to the working directory, as for any command-line tool.
+relative to the working directory, as for any command-line tool. The recipes of this project ship inside
+the package (``embeddinggemma/recipes/``, :func:`shipped_recipes`), so a name works from any directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
+import importlib.resources
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
+try:  # the [train] extra
+    import yaml
+    from pydantic import ConfigDict, StrictBool, TypeAdapter, ValidationError, with_config
+    from pydantic_core import ErrorDetails
+except ImportError as exc:
+    raise ImportError(f"training recipes need the [train] extra: pip install 'embeddinggemma[train]' ({exc})") from exc
+
+from embeddinggemma.config import refuse_float16
 from embeddinggemma.train.losses import LossConfig
 
 __all__ = [
@@ -39,9 +50,11 @@ __all__ = [
     "from_dict",
     "load_recipe",
     "recipe_to_dict",
+    "shipped_recipes",
 ]
 
-RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
+# Package data, so `embeddinggemma train NAME` works from an installed wheel.
+SHIPPED_RECIPES: Traversable = importlib.resources.files("embeddinggemma") / "recipes"
 
 
 class RecipeError(ValueError):
@@ -55,8 +68,8 @@ class ModelConfig:
     checkpoint: str  # hub id or directory in the sentence-transformers layout
     student_layers: int | None = None  # keep this many layers (selection rule in student.py)
     max_seq_length: int = 512  # training truncation (the paper evaluates at 512 tokens)
-    freeze_embeddings: bool = False  # the 262k x 768 table is 2/3 of the parameters
-    gradient_checkpointing: bool = False
+    freeze_embeddings: StrictBool = False  # the 262k x 768 table is 2/3 of the parameters
+    gradient_checkpointing: StrictBool = False
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,7 @@ class DataConfig:
     num_hard_negatives: int = 1
     teacher: str | None = None  # precomputed teacher embeddings (never a teacher model in the loop)
     seed: int = 0
-    synthetic: bool = False  # built-in synthetic pairs from the tokenizer's vocabulary, for smoke runs
+    synthetic: StrictBool = False  # built-in synthetic pairs from the tokenizer's vocabulary, for smoke runs
 
 
 @dataclass(frozen=True)
@@ -94,21 +107,17 @@ class TrainConfig:
     output_dir: str
     micro_batch_tokens: int = 16384  # tokens per forward (padded tokens when not packing)
     packing: str = "auto"  # auto: varlen (or flex) on CUDA, padded on CPU; or off, dense, flex, varlen
-    gradient_cache: bool = True
+    gradient_cache: StrictBool = True
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or float32, bfloat16
     device: str | None = None  # None: CUDA when available
     seed: int = 0
     log_every: int = 10
     save_every: int = 0  # 0: only the final checkpoint
     keep_checkpoints: int = 2  # resumable checkpoints kept in output_dir/checkpoints
-    resume: bool = True  # continue from the newest checkpoint in output_dir, if any
+    resume: StrictBool = True  # continue from the newest checkpoint in output_dir, if any
 
     def __post_init__(self) -> None:
-        if self.precision in ("float16", "fp16", "half"):
-            raise RecipeError(
-                "train.precision float16 is refused: Gemma 3 activations reach ~8e5 and overflow float16 (65504); "
-                "use bfloat16 or float32"
-            )
+        refuse_float16(self.precision, "train.precision")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise RecipeError(f"train.precision {self.precision!r} is not one of auto, float32, bfloat16")
         if self.packing not in ("auto", "off", "dense", "flex", "varlen"):
@@ -125,6 +134,7 @@ class EvalConfig:
     batch_size: int = 32
 
 
+@with_config(ConfigDict(extra="forbid"))  # applies to every section: an unknown key is an error
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
     """A whole run. Sections in the order a reader wants them (keyword-only, so required ones can follow)."""
@@ -162,115 +172,67 @@ class Recipe:
                 raise RecipeError("data.rates must be >= 0 with at least one > 0")
 
 
-# -- typed conversion ------------------------------------------------------------------------------
+# -- typed conversion (pydantic) -------------------------------------------------------------------
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert one YAML value against a type hint; raise RecipeError naming ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if value is None and not (origin in (typing.Union, types.UnionType) and type(None) in args):
-        raise RecipeError(f"{key} is required but null; set it in the recipe or as {key}=...")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except RecipeError as exc:
-                errors.append(str(exc))
-        raise RecipeError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
-    if origin is Literal:
-        if value not in args:
-            raise RecipeError(f"{key}: {value!r} is not one of {list(args)}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise RecipeError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, prefix=key + ".")
-    if origin is tuple or origin is list:
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise RecipeError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise RecipeError(f"{key}: expected {len(args)} values, got {len(value)}")
-            items = [_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))]
-        else:
-            items = [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise RecipeError(f"{key}: expected a mapping, got {value!r}")
-        return {_convert(k, args[0], key): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp in (int, float):
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
-            try:
-                value = tp(value)
-            except ValueError:
-                raise RecipeError(f"{key}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RecipeError(f"{key}: expected a number, got {value!r}")
-        if tp is int and float(value) != int(value):
-            raise RecipeError(f"{key}: expected an integer, got {value!r}")
-        return tp(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{key}: expected text, got {value!r}")
-        return value
-    raise RecipeError(f"{key}: unsupported field type {tp}")  # a schema bug, not a user error
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter[Any]:
+    return TypeAdapter(cls)
 
 
-def from_dict(cls: type, data: Mapping[str, Any], *, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping: unknown keys, wrong types and missing fields raise."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = prefix.rstrip(".") or "the top level"
-        raise RecipeError(f"unknown key {prefix}{unknown[0]} (valid keys under {where}: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], prefix + name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RecipeError(f"missing required key {prefix}{name}; set it in the recipe or as {prefix}{name}=...")
+def _dotted(loc: Sequence[str | int]) -> str:
+    """``("optim", "betas", 1)`` -> ``optim.betas[1]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _section_fields(cls: type, path: Sequence[str | int]) -> list[str]:
+    """The field names of the dataclass found at ``path`` below ``cls`` (for "valid keys under ...")."""
+    for part in path:
+        if not (dataclasses.is_dataclass(cls) and isinstance(part, str)):
+            return []
+        hint = typing.get_type_hints(cls).get(part)
+        options = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) else [hint]
+        cls = next((a for a in options if dataclasses.is_dataclass(a)), None)  # type: ignore[assignment]
+    return sorted(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else []
+
+
+def _describe(cls: type, error: ErrorDetails) -> str:
+    """One pydantic error as a sentence that names the dotted key and says what to write instead."""
+    loc, kind, value = error["loc"], error["type"], error.get("input")
+    key = _dotted(loc)
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        section = _dotted(loc[:-1]) or "the top level"
+        return f"unknown key {key} (valid keys under {section}: {', '.join(_section_fields(cls, loc[:-1]))})"
+    if kind in ("missing", "missing_argument") and loc and isinstance(loc[-1], int):
+        return f"{_dotted(loc[:-1])}: no value at position {loc[-1]} (got {value!r})"
+    if kind in ("missing", "missing_argument"):
+        return f"missing required key {key}; set it in the recipe or as {key}=..."
+    if value is None and kind.endswith("_type"):
+        return f"{key} is required but null; set it in the recipe or as {key}=..."
+    if kind == "value_error":  # a dataclass's own check (__post_init__): its message names its keys
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        return message if not key or message.startswith(key) else f"{key}: {message}"
+    return f"{key}: {error['msg'][:1].lower()}{error['msg'][1:]} (got {value!r})"
+
+
+def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Build dataclass ``cls`` (a :class:`Recipe` or one of its sections) from plain data with pydantic:
+    unknown keys, wrong types and missing fields raise one RecipeError that names every bad dotted key."""
     try:
-        return cls(**kwargs)
-    except RecipeError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from exc
+        return _adapter(cls).validate_python(data)
+    except ValidationError as exc:
+        raise RecipeError("; ".join(_describe(cls, e) for e in exc.errors())) from None
 
 
 def recipe_to_dict(obj: Any) -> Any:
-    """A recipe (or any part) as plain YAML-able data; ``from_dict`` reads it back to an equal recipe."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: recipe_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [recipe_to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: recipe_to_dict(v) for k, v in obj.items()}
-    return obj
+    """A recipe (or any section) as plain YAML-able data; ``from_dict`` reads it back to an equal recipe."""
+    return _adapter(type(obj)).dump_python(obj, mode="json")
 
 
 # -- files and overrides ---------------------------------------------------------------------------
-
-
-def _yaml():
-    try:
-        import yaml
-    except ImportError:
-        raise RecipeError("reading recipes needs PyYAML: pip install 'embeddinggemma[train]'") from None
-    return yaml
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,34 +245,36 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    path = path.resolve()
-    if path in seen:
-        raise RecipeError(f"recipe {path} includes itself through 'base'")
-    if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist" + (f" (known: {_known()})" if RECIPES_DIR.is_dir() else ""))
-    yaml = _yaml()
+def _read_raw(source: Traversable, directory: Traversable, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A recipe file's mapping with its ``base`` chain merged in (``base`` is relative to ``directory``)."""
+    if isinstance(source, Path):
+        source = source.resolve()
+        directory = source.parent
+    if str(source) in seen:
+        raise RecipeError(f"recipe {source} includes itself through 'base'")
+    if not source.is_file():
+        raise RecipeError(f"recipe {source} does not exist (shipped recipes: {', '.join(shipped_recipes())})")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML ({exc})") from exc
+        raise RecipeError(f"{source}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+        raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
     if base is None:
         return raw
     if not isinstance(base, str):
-        raise RecipeError(f"{path}: base must be a file name, got {base!r}")
-    return _merge(_read_raw(path.parent / base, (*seen, path)), raw)
+        raise RecipeError(f"{source}: base must be a file name, got {base!r}")
+    return _merge(_read_raw(directory.joinpath(base), directory, (*seen, str(source))), raw)
 
 
-def _known() -> str:
-    return ", ".join(sorted(p.name for p in RECIPES_DIR.glob("*.yaml")))
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package (``embeddinggemma/recipes/*.yaml``)."""
+    return sorted(p.name.removesuffix(".yaml") for p in SHIPPED_RECIPES.iterdir() if p.name.endswith(".yaml"))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``dotted.key=value`` strings (values parsed as YAML) to a raw recipe mapping."""
-    yaml = _yaml()
     out = _merge({}, raw)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -338,16 +302,16 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read, merge (``base``), override and validate a recipe.
 
-    A bare name such as ``smoke-tiny`` or ``smoke-tiny.yaml`` that is not a file is looked up in the
-    repository's ``recipes/`` directory.
+    A name such as ``smoke-tiny`` or ``smoke-tiny.yaml`` (or any path that does not exist, by its file name)
+    is looked up among the recipes shipped with the package (:func:`shipped_recipes`).
     """
-    path = Path(path)
-    if not path.exists() and RECIPES_DIR.is_dir():
-        candidate = RECIPES_DIR / (path.name if path.suffix else path.name + ".yaml")
-        if candidate.is_file():
-            path = candidate
-    raw = apply_overrides(_read_raw(path), overrides)
+    source: Traversable = Path(path)
+    if not source.exists():
+        shipped = SHIPPED_RECIPES / (source.name if source.suffix else source.name + ".yaml")
+        if shipped.is_file():
+            source = shipped
+    raw = apply_overrides(_read_raw(source, SHIPPED_RECIPES), overrides)
     try:
         return from_dict(Recipe, raw)
     except RecipeError as exc:
-        raise RecipeError(f"{path}: {exc}") from None
+        raise RecipeError(f"{source}: {exc}") from None

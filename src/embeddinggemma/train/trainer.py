@@ -32,11 +32,22 @@ import torch
 from torch import nn
 
 from embeddinggemma.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from embeddinggemma.config import refuse_float16
+from embeddinggemma.embedder import Embedder
+from embeddinggemma.eval.data import load_task
+from embeddinggemma.eval.runner import evaluate_suite, suite_tasks
 from embeddinggemma.model import EmbeddingGemma
+from embeddinggemma.prompts import PromptTable
 from embeddinggemma.tokenizer import TextTokenizer, load_tokenizer
-from embeddinggemma.train.distributed import DistributedContext
+from embeddinggemma.train.data import load_dataset
+from embeddinggemma.train.distributed import DistributedContext, init_distributed
 from embeddinggemma.train.gradcache import forward_backward, resolve_packing
+from embeddinggemma.train.loader import MixtureLoader
+from embeddinggemma.train.losses import EmbeddingGemmaLoss
 from embeddinggemma.train.recipes import DataConfig, EvalConfig, OptimConfig, Recipe, TrainConfig, recipe_to_dict
+from embeddinggemma.train.student import student_from_model
+from embeddinggemma.train.synthetic import vocabulary_words, write_synthetic_dataset
+from embeddinggemma.train.teacher import TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +55,11 @@ __all__ = ["LOG_FILE", "Trainer", "WarmupDecay", "build_loader", "build_optimize
 
 LOG_FILE = "train_log.jsonl"
 STATE_FILE = "trainer_state.pt"
-_FP16_ERROR = "float16 overflows in Gemma 3 activations (~8e5 > 65504); use precision bfloat16 or float32"
 
 
 def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype: bf16 on CUDA for "auto", none (fp32) on CPU; "float16" is refused."""
-    if precision in ("float16", "fp16", "half"):
-        raise ValueError(_FP16_ERROR)
+    refuse_float16(precision, "precision")
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if precision in ("bfloat16", "bf16"):
@@ -142,9 +151,8 @@ class Trainer:
         model.requires_grad_(True).train()
         model.encoder.gradient_checkpointing = gradient_checkpointing
         self.optimizer = build_optimizer(model, loss_fn, optim, freeze_embeddings=freeze_embeddings)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, WarmupDecay(optim.warmup_steps, train.steps, optim.schedule, optim.min_lr_ratio)
-        )
+        self.schedule = WarmupDecay(optim.warmup_steps, train.steps, optim.schedule, optim.min_lr_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.model_params = [p for p in model.parameters() if p.requires_grad]
         self.loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
         self.output_dir = Path(train.output_dir)
@@ -294,10 +302,6 @@ class Trainer:
         """Score the current model on ``eval.tasks`` (rank 0; the others wait) and log the result."""
         report = None
         if self.ctx.is_main:
-            from embeddinggemma.embedder import Embedder
-            from embeddinggemma.eval.runner import evaluate_suite
-            from embeddinggemma.prompts import PromptTable
-
             self.model.eval()
             embedder = Embedder(self.model, self.tokenizer, PromptTable(self.info.prompts), source=self.info.path)
             autocast = torch.autocast(self.ctx.device.type, dtype=self.autocast, enabled=self.autocast is not None)
@@ -380,16 +384,14 @@ class Trainer:
                     raise ValueError(f"checkpoint {directory} does not match the model ({name} vs {saved_name})")
                 param.copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        # The learning rate at this position comes from the CURRENT recipe (same recipe: the same value, bit for
-        # bit; a longer or re-tuned run: its own schedule), computed exactly as LambdaLR does.
-        self.scheduler.base_lrs = [self.optim_cfg.lr] * len(self.optimizer.param_groups)
-        for group, base, fn in zip(
-            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
-        ):
-            group["initial_lr"] = base
-            group["lr"] = base * fn(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        # Only the schedule's position is restored; its base lr and shape come from the CURRENT recipe (same
+        # recipe: the same value, bit for bit; a longer or re-tuned run: its own schedule). LambdaLR's
+        # constructor resumes at a position: it steps once from last_epoch, to the saved one.
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.optim_cfg.lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, self.schedule, last_epoch=state["scheduler"]["last_epoch"] - 1
+        )
         self.loss_fn.load_state_dict(state["loss_fn"])
         self.loader.load_state_dict(state["loader"])
         rng_file = directory / f"rng-rank{self.ctx.rank}.pt"
@@ -421,9 +423,6 @@ def _as_tuple(value: Any) -> Any:
 
 def _expand_tasks(entries: Iterable[str]) -> list[Any]:
     """Task directories as given; a suite directory (manifest.json or task subdirectories) expands."""
-    from embeddinggemma.eval.data import load_task
-    from embeddinggemma.eval.runner import suite_tasks
-
     out: list[Any] = []
     for entry in entries:
         path = Path(entry)
@@ -444,12 +443,7 @@ def build_loader(
 ) -> Any:
     """The recipe's ``MixtureLoader``. With ``data.synthetic``, over a synthetic dataset that rank 0 writes
     to ``work_dir`` from the tokenizer's vocabulary (deterministic from ``data.seed``)."""
-    from embeddinggemma.train.data import load_dataset
-    from embeddinggemma.train.loader import MixtureLoader
-
     if data.synthetic:
-        from embeddinggemma.train.synthetic import vocabulary_words, write_synthetic_dataset
-
         if ctx is None or ctx.is_main:
             write_synthetic_dataset(
                 work_dir,
@@ -474,8 +468,6 @@ def build_loader(
         raise ValueError(f"data.rates has no rate for {missing}; give every dataset a rate (0 leaves it out)")
     teacher = None
     if data.teacher is not None:
-        from embeddinggemma.train.teacher import TeacherCache
-
         teacher = TeacherCache(data.teacher)
     return MixtureLoader(
         specs,
@@ -492,10 +484,6 @@ def train_recipe(recipe: Recipe, *, loader: Any = None) -> Path:
 
     ``loader`` replaces the recipe's data (tests, custom pipelines).
     """
-    from embeddinggemma.train.distributed import init_distributed
-    from embeddinggemma.train.losses import EmbeddingGemmaLoss
-    from embeddinggemma.train.student import student_from_model
-
     ctx = init_distributed(recipe.train.device)
     # refuse a bad precision or packing before loading anything
     resolve_packing(recipe.train.packing, ctx.device, resolve_autocast(recipe.train.precision, ctx.device))

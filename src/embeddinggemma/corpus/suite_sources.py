@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
-from embeddinggemma.eval.debian import DebianPackage
+from embeddinggemma.corpus.debian import DebianPackage
 
 __all__ = ["PACKAGES", "PARTITION_SALT", "SUITE_VERSION", "in_suite_partition", "msgid_source_id"]
 

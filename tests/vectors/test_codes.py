@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddinggemma.quant.embeddings import (
+from embeddinggemma.vectors.codes import (
     dequantize_int8,
     int8_ranges,
     quantize_embeddings,

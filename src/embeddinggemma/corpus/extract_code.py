@@ -10,11 +10,31 @@ from __future__ import annotations
 
 import ast
 import inspect
+import logging
 import re
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["CodeFunction", "docstring_summary", "extract_functions", "module_name"]
+from embeddinggemma.corpus.debian import iter_deb_files
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "STDLIB_PACKAGES",
+    "CodeFunction",
+    "docstring_summary",
+    "extract_functions",
+    "module_name",
+    "stdlib_functions",
+]
+
+# The CPython 3.11 standard library as Debian ships it (pinned in suite_sources.PACKAGES).
+STDLIB_PACKAGES = ("libpython3.11-minimal", "libpython3.11-stdlib")
+# Not library code a user would search for: tests, codecs tables, bundled tools, generated files.
+_SKIP_MODULE_PREFIXES = ("test.", "encodings.", "pydoc_data.", "__phello__", "_sysconfigdata", "idlelib.", "lib2to3.")
+_SKIP_MODULES = {"test", "encodings", "pydoc_data", "this", "antigravity", "__hello__"}
 
 
 @dataclass(frozen=True)
@@ -92,4 +112,22 @@ def extract_functions(source: str, module: str) -> list[CodeFunction]:
                 )
 
     visit(tree.body, "")
+    return out
+
+
+def stdlib_functions(debs: Mapping[str, Path]) -> dict[str, list[CodeFunction]]:
+    """Module -> its documented functions (:func:`extract_functions`), for every standard-library module of
+    :data:`STDLIB_PACKAGES` (``debs``: package name -> ``.deb``), in package then path order."""
+    out: dict[str, list[CodeFunction]] = {}
+    for name in STDLIB_PACKAGES:
+        for path, content in iter_deb_files(
+            debs[name], lambda p: p.startswith("usr/lib/python3.11/") and p.endswith(".py")
+        ):
+            mod = module_name(path)
+            if mod is None or "-packages" in path or mod in _SKIP_MODULES or mod.startswith(_SKIP_MODULE_PREFIXES):
+                continue
+            try:
+                out[mod] = extract_functions(content.decode("utf-8"), mod)
+            except (SyntaxError, UnicodeDecodeError) as exc:  # pragma: no cover - the stdlib parses
+                logger.warning("skipping %s: %s", path, exc)
     return out

@@ -1,7 +1,7 @@
 """Proof that training data never touches the evaluation suite (held-out items stay held out).
 
-The local suite (``embeddinggemma.eval.local_suite``) splits every source 50/50 by
-:func:`~embeddinggemma.eval.suite_sources.in_suite_partition` and draws only from its half. Training
+The local suite (``embeddinggemma.corpus.local_suite``) splits every source 50/50 by
+:func:`~embeddinggemma.corpus.suite_sources.in_suite_partition` and draws only from its half. Training
 examples carry the identifiers of everything they are cut from (``meta.source_ids``: stdlib modules,
 man pages, gettext messages, documented modules), and :class:`SuiteGuard` rejects an example when
 
@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embeddinggemma.eval.local_suite import load_manifest, used_source_ids
-from embeddinggemma.eval.suite_sources import in_suite_partition
+from embeddinggemma.corpus.local_suite import load_manifest, used_source_ids
+from embeddinggemma.corpus.suite_sources import in_suite_partition
 from embeddinggemma.train.data import DatasetSpec, TrainingExample, iter_examples
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
 
 # Identifier prefixes the suite draws from (stdlib modules, man pages, coreutils messages); identifiers
 # of other namespaces (python-doc:..., gettext:tar:...) are not subject to the partition, only to the
-# text check. A message of another program also carries its coreutils identifier, see sources.py.
+# text check. A message of another program also carries its coreutils identifier, see training_sources.py.
 SUITE_NAMESPACES = ("cpython-stdlib:", "man-pages:", "gettext:coreutils:")
 
 

@@ -2,7 +2,7 @@
 
 The paper's finetuning mixture spans task diversity, language diversity and code (section 2). At toy
 scale, offline and reproducibly, the same three groups come from exact ``.deb`` files (version + sha256,
-:mod:`embeddinggemma.eval.debian`) with the suite's own extractors:
+:mod:`embeddinggemma.corpus.debian`) with the suite's own extractors:
 
 * ``code``: docstring summary -> function without its docstring (CPython 3.11 stdlib), "code_retrieval";
 * ``manpages``: a man page's NAME description -> its DESCRIPTION, "query";
@@ -13,12 +13,11 @@ scale, offline and reproducibly, the same three groups come from exact ``.deb`` 
 
 Each extractor returns :class:`Candidate` examples carrying ``meta.source_ids`` (what they are cut from)
 and a ``group`` (the unit kept together in one split); ``scripts/build_training_data.py`` filters them
-through :class:`~embeddinggemma.train.disjoint.SuiteGuard`, splits and writes them.
+through :class:`~embeddinggemma.corpus.disjoint.SuiteGuard`, splits and writes them.
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 from collections import Counter
@@ -26,15 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from embeddinggemma.eval.debian import DebianPackage, iter_deb_files
-from embeddinggemma.eval.extract_code import extract_functions, module_name
-from embeddinggemma.eval.extract_gettext import mineable_text, parse_mo
-from embeddinggemma.eval.extract_man import parse_man, split_name_line
-from embeddinggemma.eval.local_suite import leading_sentences
-from embeddinggemma.eval.suite_sources import PACKAGES as SUITE_PACKAGES
-from embeddinggemma.eval.suite_sources import msgid_source_id
+from embeddinggemma.corpus.debian import DebianPackage, iter_deb_files
+from embeddinggemma.corpus.disjoint import normalize_text
+from embeddinggemma.corpus.extract_code import STDLIB_PACKAGES, stdlib_functions
+from embeddinggemma.corpus.extract_gettext import mineable_text, parse_mo
+from embeddinggemma.corpus.extract_man import parse_man, read_man_pages, split_name_line
+from embeddinggemma.corpus.local_suite import leading_sentences
+from embeddinggemma.corpus.pydoc import parse_rst
+from embeddinggemma.corpus.suite_sources import PACKAGES as SUITE_PACKAGES
+from embeddinggemma.corpus.suite_sources import msgid_source_id
 from embeddinggemma.train.data import TrainingExample
-from embeddinggemma.train.pydoc import parse_rst
 
 logger = logging.getLogger(__name__)
 
@@ -98,60 +98,29 @@ def _unique(cands: list[Candidate], key: Callable[[Candidate], str]) -> list[Can
     return [c for c in cands if count[key(c)] == 1]
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
 # ------------------------------------------------------------------------------------------------ code
-
-_SKIP_PREFIXES = ("test.", "encodings.", "pydoc_data.", "__phello__", "_sysconfigdata", "idlelib.", "lib2to3.")
-_SKIP_MODULES = {"test", "encodings", "pydoc_data", "this", "antigravity", "__hello__"}
 
 
 def code_candidates(debs: dict[str, Path], *, min_lines: int = 3, max_lines: int = 30) -> list[Candidate]:
     """Documented stdlib functions, filtered as the suite filters them (3-30 body lines, no dunders,
     summaries of 4-80 words, unique summary and body). The partition is applied by the guard."""
     cands: list[Candidate] = []
-    for name in ("libpython3.11-minimal", "libpython3.11-stdlib"):
-        files = iter_deb_files(debs[name], lambda p: p.startswith("usr/lib/python3.11/") and p.endswith(".py"))
-        for path, content in files:
-            mod = module_name(path)
-            if mod is None or "-packages" in path or mod in _SKIP_MODULES or mod.startswith(_SKIP_PREFIXES):
+    for mod, functions in stdlib_functions(debs).items():
+        for f in functions:
+            last = f.qualname.rsplit(".", 1)[-1]
+            if not min_lines <= f.code_lines <= max_lines or (last.startswith("__") and last.endswith("__")):
                 continue
-            for f in extract_functions(content.decode("utf-8"), mod):
-                last = f.qualname.rsplit(".", 1)[-1]
-                if not min_lines <= f.code_lines <= max_lines or (last.startswith("__") and last.endswith("__")):
-                    continue
-                if not 4 <= len(f.summary.split()) <= 80:
-                    continue
-                sid = f"cpython-stdlib:{mod}"
-                meta = {"source_ids": [sid], "qualname": f.qualname, "lineno": f.lineno}
-                ex = TrainingExample(f.summary, f.code, id=f"py:{mod}:{f.qualname}:{f.lineno}", meta=meta)
-                cands.append(Candidate(ex, sid))
+            if not 4 <= len(f.summary.split()) <= 80:
+                continue
+            sid = f"cpython-stdlib:{mod}"
+            meta = {"source_ids": [sid], "qualname": f.qualname, "lineno": f.lineno}
+            ex = TrainingExample(f.summary, f.code, id=f"py:{mod}:{f.qualname}:{f.lineno}", meta=meta)
+            cands.append(Candidate(ex, sid))
     cands = _unique(cands, lambda c: c.example.positive)
-    return _unique(cands, lambda c: _norm(c.example.query))
+    return _unique(cands, lambda c: normalize_text(c.example.query))
 
 
 # ------------------------------------------------------------------------------------------- man pages
-
-
-def _man_pages(deb: Path, lang: str | None) -> dict[str, str]:
-    """``manN/page.N`` -> roff source of a package's English (``lang=None``) or translated pages."""
-    prefix = "usr/share/man/" + (f"{lang}/" if lang else "")
-    pattern = re.compile(re.escape(prefix) + r"(man\d\w*/[^/]+)\.gz$")
-    out = {}
-    for path, content in iter_deb_files(deb, lambda p: bool(pattern.match(p))):
-        try:
-            raw = gzip.decompress(content)
-        except OSError:
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-        if not text.lstrip().startswith(".so "):  # an alias of another page
-            out[pattern.match(path).group(1)] = text  # type: ignore[union-attr]
-    return out
 
 
 def manpage_candidates(debs: dict[str, Path], *, doc_words: int = 100, min_doc_words: int = 25) -> list[Candidate]:
@@ -160,7 +129,7 @@ def manpage_candidates(debs: dict[str, Path], *, doc_words: int = 100, min_doc_w
     seen: set[str] = set()
     cands = []
     for pkg in _MAN_PACKAGES:
-        for page, src in sorted(_man_pages(debs[pkg], None).items()):
+        for page, src in sorted(read_man_pages(debs[pkg], None).items()):
             if page in seen:
                 continue
             seen.add(page)
@@ -173,8 +142,8 @@ def manpage_candidates(debs: dict[str, Path], *, doc_words: int = 100, min_doc_w
             meta = {"source_ids": [sid], "package": pkg, "lang": "en"}
             ex = TrainingExample(nl[1], cut_words(desc, doc_words), id=f"en:{page}", meta=meta)
             cands.append(Candidate(ex, sid))
-    cands = _unique(cands, lambda c: _norm(c.example.positive))
-    return _unique(cands, lambda c: _norm(c.example.query))
+    cands = _unique(cands, lambda c: normalize_text(c.example.positive))
+    return _unique(cands, lambda c: normalize_text(c.example.query))
 
 
 def manpage_xling_candidates(debs: dict[str, Path], english: list[Candidate]) -> list[Candidate]:
@@ -185,18 +154,18 @@ def manpage_xling_candidates(debs: dict[str, Path], english: list[Candidate]) ->
     for lang in _XLING:
         translated: list[Candidate] = []
         for suffix in ("", "-dev"):
-            for page, src in sorted(_man_pages(debs[f"manpages-{lang}{suffix}"], lang).items()):
+            for page, src in sorted(read_man_pages(debs[f"manpages-{lang}{suffix}"], lang).items()):
                 base = by_page.get(page)
                 if base is None:
                     continue
                 parsed = parse_man(src)
                 nl = split_name_line(parsed.sections[0][1]) if parsed.sections else None
-                if nl is None or _norm(nl[1]) == _norm(base.example.query) or len(nl[1]) < 6:
+                if nl is None or normalize_text(nl[1]) == normalize_text(base.example.query) or len(nl[1]) < 6:
                     continue
                 meta = {**dict(base.example.meta or {}), "lang": lang, "package": f"manpages-{lang}{suffix}"}
                 ex = TrainingExample(nl[1], base.example.positive, id=f"{lang}:{page}", meta=meta)
                 translated.append(Candidate(ex, base.group))
-        cands += _unique(translated, lambda c: _norm(c.example.query))
+        cands += _unique(translated, lambda c: normalize_text(c.example.query))
     return cands
 
 
@@ -228,8 +197,8 @@ def docs_faq_candidates(debs: dict[str, Path], *, answer_words: int = 150) -> li
             cands.append(
                 Candidate(TrainingExample(heading, cut_words(text, answer_words), title=parsed.title, meta=meta), sid)
             )
-    cands = _unique(cands, lambda c: _norm(c.example.positive))
-    return _unique(cands, lambda c: _norm(c.example.query))
+    cands = _unique(cands, lambda c: normalize_text(c.example.positive))
+    return _unique(cands, lambda c: normalize_text(c.example.query))
 
 
 def docs_section_candidates(debs: dict[str, Path], *, section_words: int = 120) -> list[Candidate]:
@@ -246,8 +215,8 @@ def docs_section_candidates(debs: dict[str, Path], *, section_words: int = 120) 
             meta = {"source_ids": [sid, *module_ids]}
             ex = TrainingExample(heading, cut_words(text, section_words), title=parsed.title, meta=meta)
             cands.append(Candidate(ex, sid))
-    cands = _unique(cands, lambda c: _norm(c.example.positive))
-    return _unique(cands, lambda c: _norm(c.example.query))
+    cands = _unique(cands, lambda c: normalize_text(c.example.positive))
+    return _unique(cands, lambda c: normalize_text(c.example.query))
 
 
 # ---------------------------------------------------------------------------------------------- bitext
@@ -271,14 +240,16 @@ def bitext_candidates(debs: dict[str, Path]) -> list[Candidate]:
                 if english is None or m.plural or m.context is not None or not m.msgstr.strip():
                     continue
                 translation = " ".join(m.msgstr.split())
-                if _norm(translation) == _norm(english) or (lang, _norm(english)) in seen:
+                if normalize_text(translation) == normalize_text(english) or (lang, normalize_text(english)) in seen:
                     continue
-                seen.add((lang, _norm(english)))
+                seen.add((lang, normalize_text(english)))
                 ids = [msgid_source_id(domain, m.msgid), msgid_source_id("coreutils", m.msgid)]
                 meta = {"source_ids": ids, "lang": lang, "domain": domain}
-                cands.append(Candidate(TrainingExample(translation, english, meta=meta), f"msg:{_norm(english)}"))
+                cands.append(
+                    Candidate(TrainingExample(translation, english, meta=meta), f"msg:{normalize_text(english)}")
+                )
     # The same translation for two English messages is ambiguous within its language.
-    return _unique(cands, lambda c: f"{(c.example.meta or {})['lang']}\x1f{_norm(c.example.query)}")
+    return _unique(cands, lambda c: f"{(c.example.meta or {})['lang']}\x1f{normalize_text(c.example.query)}")
 
 
 # --------------------------------------------------------------------------------------------- recipes
@@ -298,7 +269,7 @@ class DatasetRecipe:
 
 DATASETS: tuple[DatasetRecipe, ...] = (
     DatasetRecipe(
-        "code", "code_retrieval", ("libpython3.11-minimal", "libpython3.11-stdlib"),
+        "code", "code_retrieval", STDLIB_PACKAGES,
         "Code search: first paragraph of a function's docstring -> the function's source without the docstring "
         "(CPython 3.11 stdlib; 3-30 body lines; dunders and repeated summaries/bodies dropped). Only modules "
         "outside the suite partition; dev modules are disjoint from train modules.",

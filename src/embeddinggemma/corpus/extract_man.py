@@ -8,10 +8,14 @@ groff is needed, so the suite builds identically wherever Python runs.
 
 from __future__ import annotations
 
+import gzip
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["ManPage", "parse_man", "roff_inline", "split_name_line"]
+from embeddinggemma.corpus.debian import iter_deb_files
+
+__all__ = ["ManPage", "parse_man", "read_man_pages", "roff_inline", "split_name_line"]
 
 # Named special characters that carry meaning in prose; everything else in \(xx or \[xx] is dropped.
 _SPECIAL = {
@@ -264,3 +268,24 @@ def split_name_line(name_text: str) -> tuple[list[str], str] | None:
     if not names or not description:
         return None
     return names, description
+
+
+def read_man_pages(deb: str | Path, lang: str | None) -> dict[str, str]:
+    """``manN/page.N`` -> roff source of a package's English (``lang=None``) or translated (``usr/share/man/LANG``)
+    pages, in path order. Aliases (``.so`` pages) and members that are not gzip are skipped; a page that is not
+    UTF-8 is read as Latin-1."""
+    prefix = "usr/share/man/" + (f"{lang}/" if lang else "")
+    pattern = re.compile(re.escape(prefix) + r"(man\d\w*/[^/]+)\.gz$")
+    out = {}
+    for path, content in iter_deb_files(deb, lambda p: bool(pattern.match(p))):
+        try:
+            raw = gzip.decompress(content)
+        except OSError:
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        if not text.lstrip().startswith(".so "):  # an alias of another page
+            out[pattern.match(path).group(1)] = text  # type: ignore[union-attr]
+    return out

@@ -127,7 +127,7 @@ def scoring_vectors(
 ) -> np.ndarray:
     """Float vectors whose dot products equal the scores of ``precision``-quantized embeddings.
 
-    Lets exact float search (:func:`embeddinggemma.search.search`) rank a quantized index: int8 codes
+    Lets exact float search (:func:`embeddinggemma.vectors.exact.search`) rank a quantized index: int8 codes
     are dequantized with ``ranges``, binary codes become +-1.
     """
     _check_precision(precision)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from embeddinggemma.search import search
+from embeddinggemma.vectors.exact import search
 
 
 def _reference(q: np.ndarray, c: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

@@ -24,31 +24,35 @@ so no language of an evaluated page leaks into training.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import random
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from embeddinggemma.eval.data import TaskSpec, write_jsonl
-from embeddinggemma.eval.debian import fetch_deb, iter_deb_files, sha256_file
-from embeddinggemma.eval.extract_code import CodeFunction, extract_functions, module_name
-from embeddinggemma.eval.extract_gettext import mineable_text, parse_mo
-from embeddinggemma.eval.extract_man import parse_man, split_name_line
-from embeddinggemma.eval.suite_sources import (
+from embeddinggemma import prompts
+from embeddinggemma.corpus import debian, extract_code, extract_gettext, extract_man, suite_sources
+from embeddinggemma.corpus.debian import fetch_deb, iter_deb_files, sha256_file
+from embeddinggemma.corpus.extract_code import STDLIB_PACKAGES, CodeFunction, stdlib_functions
+from embeddinggemma.corpus.extract_gettext import mineable_text, parse_mo
+from embeddinggemma.corpus.extract_man import parse_man, read_man_pages, split_name_line
+from embeddinggemma.corpus.suite_sources import (
     PACKAGES,
     PARTITION_SALT,
     SUITE_VERSION,
     in_suite_partition,
     msgid_source_id,
 )
+from embeddinggemma.eval import data as eval_data
+from embeddinggemma.eval.data import TaskSpec, write_jsonl
 from embeddinggemma.prompts import TASK_PROMPTS, document_prompt
 
 logger = logging.getLogger(__name__)
@@ -58,12 +62,23 @@ __all__ = [
     "SUITE_VERSION",
     "SuiteConfig",
     "build_local_suite",
+    "code_fingerprint",
     "in_suite_partition",
     "load_manifest",
     "used_source_ids",
 ]
 
 MAX_TOKENS = 512  # evaluation context, as in the paper
+# The modules besides this one whose source shapes the suite's files.
+SUITE_CODE: tuple[ModuleType, ...] = (
+    eval_data,
+    debian,
+    extract_code,
+    extract_gettext,
+    extract_man,
+    suite_sources,
+    prompts,
+)
 
 
 @dataclass(frozen=True)
@@ -91,37 +106,8 @@ class SuiteConfig:
 # ---------------------------------------------------------------------------- code
 
 
-_SKIP_MODULE_PREFIXES = (
-    "test.",
-    "encodings.",
-    "pydoc_data.",
-    "__phello__",
-    "_sysconfigdata",
-    "idlelib.",
-    "lib2to3.",
-)
-_SKIP_MODULES = {"test", "encodings", "pydoc_data", "this", "antigravity", "__hello__"}
-
-
-def _code_functions(debs: dict[str, Path]) -> dict[str, list[CodeFunction]]:
-    """Module -> functions with docstrings, from both libpython3.11 packages."""
-    out: dict[str, list[CodeFunction]] = {}
-    for name in ("libpython3.11-minimal", "libpython3.11-stdlib"):
-        for path, content in iter_deb_files(
-            debs[name], lambda p: p.startswith("usr/lib/python3.11/") and p.endswith(".py")
-        ):
-            mod = module_name(path)
-            if mod is None or "-packages" in path or mod in _SKIP_MODULES or mod.startswith(_SKIP_MODULE_PREFIXES):
-                continue
-            try:
-                out[mod] = extract_functions(content.decode("utf-8"), mod)
-            except (SyntaxError, UnicodeDecodeError) as exc:  # pragma: no cover - the stdlib parses
-                logger.warning("skipping %s: %s", path, exc)
-    return out
-
-
 def _build_code_task(debs: dict[str, Path], root: Path, cfg: SuiteConfig) -> tuple[TaskSpec, list[str]]:
-    modules = _code_functions(debs)
+    modules = stdlib_functions(debs)
     used_modules = sorted(m for m in modules if in_suite_partition(f"cpython-stdlib:{m}"))
     funcs = [
         f for m in used_modules for f in modules[m]
@@ -164,7 +150,7 @@ def _build_code_task(debs: dict[str, Path], root: Path, cfg: SuiteConfig) -> tup
             "and any summary or body that occurs twice are excluded. Only stdlib modules in the suite "
             "partition are used (see manifest used_sources)."
         ),
-        source=" + ".join(PACKAGES[n].label for n in ("libpython3.11-minimal", "libpython3.11-stdlib")),
+        source=" + ".join(PACKAGES[n].label for n in STDLIB_PACKAGES),
         license=PACKAGES["libpython3.11-stdlib"].license,
         stats={"queries": len(queries), "documents": len(docs), "modules": len(used_modules)},
     )
@@ -172,30 +158,6 @@ def _build_code_task(debs: dict[str, Path], root: Path, cfg: SuiteConfig) -> tup
 
 
 # ------------------------------------------------------------------------ man pages
-
-
-def _read_gz_text(content: bytes) -> str | None:
-    try:
-        raw = gzip.decompress(content)
-    except OSError:
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-def _man_pages(deb: Path, lang: str | None) -> dict[str, str]:
-    """``manN/page.N`` -> roff source, for English (``lang=None``) or a translation dir."""
-    prefix = "usr/share/man/" + (f"{lang}/" if lang else "")
-    pattern = re.compile(re.escape(prefix) + r"(man\d\w*/[^/]+)\.gz$")
-    out = {}
-    for path, content in iter_deb_files(deb, lambda p: bool(pattern.match(p))):
-        text = _read_gz_text(content)
-        if text is None or text.lstrip().startswith(".so "):  # .so: an alias of another page
-            continue
-        out[pattern.match(path).group(1)] = text  # type: ignore[union-attr]
-    return out
 
 
 def leading_sentences(line: str, used: int, limit: int) -> tuple[list[str], int, bool]:
@@ -241,7 +203,7 @@ class _Page:
 def _english_pages(debs: dict[str, Path], cfg: SuiteConfig) -> dict[str, _Page]:
     pages: dict[str, _Page] = {}
     for name in ("manpages", "manpages-dev"):
-        for page, src in sorted(_man_pages(debs[name], None).items()):
+        for page, src in sorted(read_man_pages(debs[name], None).items()):
             parsed = parse_man(src)
             if not parsed.sections or not in_suite_partition(f"man-pages:{page}"):
                 continue
@@ -309,7 +271,7 @@ def _build_man_tasks(debs: dict[str, Path], out: Path, cfg: SuiteConfig) -> tupl
         for suffix in ("", "-dev"):
             pkg = PACKAGES[f"manpages-{lang}{suffix}"]
             sources.append(pkg.label)
-            for page, src in _man_pages(debs[pkg.name], lang).items():
+            for page, src in read_man_pages(debs[pkg.name], lang).items():
                 if page not in pages:
                     continue
                 parsed = parse_man(src)
@@ -465,28 +427,19 @@ def _count_tokens(specs: list[TaskSpec], tokenizer_path: Path | None) -> tuple[d
 # -------------------------------------------------------------------------- manifest
 
 
-def _code_fingerprint() -> str:
-    """sha256 over the source of every module that shapes the data, so an edited extractor
+def code_fingerprint(*modules: ModuleType) -> str:
+    """sha256 over the source files of ``modules`` (those that shape a build's data), so an edited extractor
     invalidates an existing build instead of silently reusing it."""
-    import embeddinggemma.eval.data as data_mod
-    import embeddinggemma.eval.debian as debian_mod
-    import embeddinggemma.eval.extract_code as code_mod
-    import embeddinggemma.eval.extract_gettext as gettext_mod
-    import embeddinggemma.eval.extract_man as man_mod
-    import embeddinggemma.eval.suite_sources as sources_mod
-    import embeddinggemma.prompts as prompts_mod
-
     h = hashlib.sha256()
-    for mod in (data_mod, debian_mod, code_mod, gettext_mod, man_mod, sources_mod, prompts_mod):
-        h.update(Path(str(mod.__file__)).read_bytes())
-    h.update(Path(__file__).read_bytes())
+    for module in modules:
+        h.update(Path(str(module.__file__)).read_bytes())
     return h.hexdigest()
 
 
 def _build_key(cfg: SuiteConfig) -> str:
     payload = {
         "version": SUITE_VERSION,
-        "code": _code_fingerprint(),
+        "code": code_fingerprint(*SUITE_CODE, sys.modules[__name__]),
         "config": asdict(cfg),
         "packages": {n: asdict(p) for n, p in sorted(PACKAGES.items())},
     }

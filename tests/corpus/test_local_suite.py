@@ -3,23 +3,21 @@ opt-in test that downloads the pinned packages and builds the whole suite."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
+from fakes import fake_deb, fake_mo
 
-from embeddinggemma.eval import debian
-from embeddinggemma.eval.debian import DebianPackage, fetch_deb, iter_deb_files
-from embeddinggemma.eval.extract_code import docstring_summary, extract_functions, module_name
-from embeddinggemma.eval.extract_gettext import Message, mineable_text, parse_mo, parse_po
-from embeddinggemma.eval.extract_man import parse_man, roff_inline, split_name_line
-from embeddinggemma.eval.local_suite import _cut_words
-from embeddinggemma.eval.suite_sources import in_suite_partition, msgid_source_id
+from embeddinggemma.corpus import debian
+from embeddinggemma.corpus.debian import DebianPackage, fetch_deb, iter_deb_files
+from embeddinggemma.corpus.extract_code import docstring_summary, extract_functions, module_name
+from embeddinggemma.corpus.extract_gettext import mineable_text, parse_mo, parse_po
+from embeddinggemma.corpus.extract_man import parse_man, roff_inline, split_name_line
+from embeddinggemma.corpus.local_suite import _cut_words
+from embeddinggemma.corpus.suite_sources import in_suite_partition, msgid_source_id
 
 # ----------------------------------------------------------------------------- man pages
 
@@ -200,27 +198,6 @@ msgstr[1] "%d Dateien"
 """
 
 
-def _write_mo(messages: list[Message]) -> bytes:
-    """A minimal little-endian .mo file (what msgfmt writes, minus the hash table)."""
-    entries = [(b"", b"Content-Type: text/plain; charset=UTF-8\n")]
-    for m in messages:
-        key = (m.context + "\x04" if m.context else "") + m.msgid
-        entries.append((key.encode(), m.msgstr.encode()))
-    entries.sort()
-    n = len(entries)
-    orig_off, trans_off = 28, 28 + 8 * n
-    data_off = trans_off + 8 * n
-    blob, orig_tab, trans_tab = b"", b"", b""
-    for o, _ in entries:
-        orig_tab += struct.pack("<2I", len(o), data_off + len(blob))
-        blob += o + b"\x00"
-    for _, t in entries:
-        trans_tab += struct.pack("<2I", len(t), data_off + len(blob))
-        blob += t + b"\x00"
-    header = struct.pack("<7I", 0x950412DE, 0, n, orig_off, trans_off, 0, 0)
-    return header + orig_tab + trans_tab + blob
-
-
 def test_parse_po_and_mo_agree() -> None:
     po = parse_po(PO)
     by_id = {m.msgid: m for m in po}
@@ -231,7 +208,7 @@ def test_parse_po_and_mo_agree() -> None:
     assert by_id["one file"].plural
     assert by_id["one file"].msgstr == "eine Datei"
     singular = [m for m in po if not m.plural]
-    mo = parse_mo(_write_mo(singular))
+    mo = parse_mo(fake_mo({(m.context + "\x04" if m.context else "") + m.msgid: m.msgstr for m in singular}))
     assert {(m.msgid, m.msgstr, m.context) for m in mo} == {(m.msgid, m.msgstr, m.context) for m in singular}
     with pytest.raises(ValueError, match="magic"):
         parse_mo(b"\x00" * 40)
@@ -260,30 +237,13 @@ def test_partition_is_fixed_and_balanced() -> None:
     assert 0.45 < share < 0.55
 
 
-def _fake_deb(files: dict[str, bytes]) -> bytes:
-    tar_buf = io.BytesIO()
-    with tarfile.open(fileobj=tar_buf, mode="w:xz") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo("./" + name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-        link = tarfile.TarInfo("./usr/share/man/man2/creat.2.gz")
-        link.type, link.linkname = tarfile.SYMTYPE, "open.2.gz"
-        tar.addfile(link)
-    out = b"!<arch>\n"
-    for name, data in [
-        ("debian-binary", b"2.0\n"),
-        ("control.tar.xz", b"x"),
-        ("data.tar.xz", tar_buf.getvalue()),
-    ]:
-        out += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode() + data
-        out += b"\n" if len(data) % 2 else b""
-    return out
-
-
 def test_iter_deb_files_reads_members_sorted_without_symlinks(tmp_path: Path) -> None:
     deb = tmp_path / "x.deb"
-    deb.write_bytes(_fake_deb({"usr/b.txt": b"B", "usr/a.txt": b"A", "etc/c.conf": b"C"}))
+    fake_deb(
+        deb,
+        {"usr/b.txt": b"B", "usr/a.txt": b"A", "etc/c.conf": b"C"},
+        symlinks={"usr/share/man/man2/creat.2.gz": "open.2.gz"},
+    )
     assert list(iter_deb_files(deb, lambda p: p.startswith("usr/"))) == [
         ("usr/a.txt", b"A"),
         ("usr/b.txt", b"B"),
@@ -313,7 +273,7 @@ def test_fetch_deb_uses_verified_cache_and_explains_failures(tmp_path: Path, mon
     reason="downloads ~40 MB of Debian packages: set EMBEDDINGGEMMA_SUITE_BUILD=1 (after apt-get update)",
 )
 def test_build_local_suite(tmp_path: Path) -> None:
-    from embeddinggemma.eval.local_suite import build_local_suite, used_source_ids
+    from embeddinggemma.corpus.local_suite import build_local_suite, used_source_ids
     from embeddinggemma.eval.runner import suite_tasks
 
     out = Path(os.environ.get("EMBEDDINGGEMMA_SUITE_DIR", tmp_path / "suite"))

@@ -1,21 +1,19 @@
-"""Training data stays disjoint from the evaluation suite (embeddinggemma.train.disjoint, .sources), on small
+"""Training data stays disjoint from the evaluation suite (embeddinggemma.corpus.disjoint, .training_sources), on small
 fixtures: a fake built suite, fake .deb packages and a fake gettext catalogue."""
 
 from __future__ import annotations
 
-import io
 import json
-import struct
-import tarfile
 from pathlib import Path
 
 import pytest
+from fakes import fake_deb, fake_mo
 
-from embeddinggemma.eval.suite_sources import in_suite_partition, msgid_source_id
+from embeddinggemma.corpus.disjoint import DisjointnessError, SuiteGuard, assert_splits_disjoint
+from embeddinggemma.corpus.pydoc import parse_rst
+from embeddinggemma.corpus.suite_sources import in_suite_partition, msgid_source_id
+from embeddinggemma.corpus.training_sources import bitext_candidates, code_candidates, cut_words
 from embeddinggemma.train.data import TrainingExample, write_dataset
-from embeddinggemma.train.disjoint import DisjointnessError, SuiteGuard, assert_splits_disjoint
-from embeddinggemma.train.pydoc import parse_rst
-from embeddinggemma.train.sources import bitext_candidates, code_candidates, cut_words
 
 # Partition membership is a pure function of the identifier (checked here, so the fixtures cannot drift).
 IN_SUITE, OUTSIDE = "alpha", "beta"
@@ -88,22 +86,6 @@ def test_dev_split_disjoint_from_train(tmp_path: Path) -> None:
         assert_splits_disjoint([train], [dev, bad])
 
 
-def _deb(path: Path, files: dict[str, bytes]) -> Path:
-    """A minimal .deb: an ar archive with debian-binary and data.tar.xz."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo("./" + name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    out = b"!<arch>\n"
-    for name, data in (("debian-binary", b"2.0\n"), ("data.tar.xz", buf.getvalue())):
-        out += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode() + data
-        out += b"\n" if len(data) % 2 else b""
-    path.write_bytes(out)
-    return path
-
-
 MODULE = '''
 def documented(values, key=None):
     """Sort the values by key and drop duplicates.
@@ -127,8 +109,8 @@ def test_code_candidates_keep_only_modules_outside_the_suite(tmp_path: Path) -> 
     lib = "usr/lib/python3.11/"
     files = {f"{lib}{IN_SUITE}.py": MODULE.encode(), f"{lib}{OUTSIDE}.py": MODULE.replace("values", "items").encode()}
     debs = {
-        "libpython3.11-minimal": _deb(tmp_path / "a.deb", files),
-        "libpython3.11-stdlib": _deb(tmp_path / "b.deb", {}),
+        "libpython3.11-minimal": fake_deb(tmp_path / "a.deb", files),
+        "libpython3.11-stdlib": fake_deb(tmp_path / "b.deb", {}),
     }
     cands = code_candidates(debs)
     assert [c.group for c in cands] == [f"cpython-stdlib:{IN_SUITE}", f"cpython-stdlib:{OUTSIDE}"]
@@ -138,30 +120,14 @@ def test_code_candidates_keep_only_modules_outside_the_suite(tmp_path: Path) -> 
     assert [c.example.meta["source_ids"] for c in cands if guard.allows(c.example)] == [[f"cpython-stdlib:{OUTSIDE}"]]
 
 
-def _mo(pairs: dict[str, str]) -> bytes:
-    """A little-endian gettext .mo catalogue."""
-    entries = sorted({"": "Content-Type: text/plain; charset=UTF-8\n", **pairs}.items())
-    n = len(entries)
-    start = 28 + 16 * n
-    blob, originals, translations = b"", [], []
-    for table, index in ((originals, 0), (translations, 1)):
-        for entry in entries:
-            data = entry[index].encode()
-            table.append((len(data), start + len(blob)))
-            blob += data + b"\0"
-    header = struct.pack("<7I", 0x950412DE, 0, n, 28, 28 + 8 * n, 0, 0)
-    tables = b"".join(struct.pack("<2I", *e) for e in originals + translations)
-    return header + tables + blob
-
-
 def test_bitext_candidates_carry_the_coreutils_identifier(tmp_path: Path) -> None:
     shared = _message(in_coreutils_partition=True, in_tar_partition=False)
     own = _message(in_coreutils_partition=False, in_tar_partition=True)
-    catalogue = _mo(
+    catalogue = fake_mo(
         {shared: "übersetzung eins der nachricht", own: "übersetzung zwei der nachricht", "%s: %s": "%s: %s"}
     )
-    debs = {"tar": _deb(tmp_path / "tar.deb", {"usr/share/locale/de/LC_MESSAGES/tar.mo": catalogue})}
-    debs |= {d: _deb(tmp_path / f"{d}.deb", {}) for d in ("grep", "sed", "findutils", "diffutils")}
+    debs = {"tar": fake_deb(tmp_path / "tar.deb", {"usr/share/locale/de/LC_MESSAGES/tar.mo": catalogue})}
+    debs |= {d: fake_deb(tmp_path / f"{d}.deb", {}) for d in ("grep", "sed", "findutils", "diffutils")}
     cands = bitext_candidates(debs)
     assert {c.example.positive for c in cands} == {shared, own}  # "%s: %s" is not mineable
     by_positive = {c.example.positive: c.example for c in cands}
@@ -172,6 +138,68 @@ def test_bitext_candidates_carry_the_coreutils_identifier(tmp_path: Path) -> Non
     ]
     guard = SuiteGuard.from_suite(_fake_suite(tmp_path / "suite"))
     assert [c.example.positive for c in cands if guard.allows(c.example)] == [own]
+
+
+def test_rst_is_parsed_by_docutils_with_sphinx_markup_as_text(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read me")
+    page = parse_rst(
+        f"""=======================
+ The Title (overlined)
+=======================
+
+Intro |name| text [#]_.
+
+.. |name| replace:: substituted
+
+.. [#] a footnote
+
+Lists
+=====
+
+#. first
+#. second
+
+* a bullet
+
+term
+   its definition
+
+>>> 1 + 1
+2
+
+.. note::
+   A note under the directive line.
+
+.. versionchanged:: 3.9
+   :class:`dict` supports ``[]``.
+
+.. c:function:: int f(int *a, \\
+                      int b)
+                PyObject* g(void)
+
+   Does *things*.
+
+.. include:: {secret}
+
+.. raw:: html
+   :file: {secret}
+
++------+-------+
+| a    | b     |
++======+=======+
+| 1    | 2     |
++------+-------+
+"""
+    )
+    assert page.title == "The Title (overlined)"
+    assert page.sections[0][1] == "Intro substituted text."
+    assert page.sections[1] == (
+        "Lists",
+        "1. first\n2. second\n* a bullet\nterm its definition\n>>> 1 + 1\n2\nA note under the directive line.\n"
+        "dict supports [].\nint f(int *a, int b)\nPyObject* g(void)\nDoes things.\na | b\n1 | 2",
+    )
+    assert "do not read me" not in str(page)
 
 
 def test_rst_sections_and_cut_words() -> None:
