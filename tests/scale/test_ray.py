@@ -20,7 +20,7 @@ import pytest
 from scale_helpers import MAX_TOKENS, corpus_rows, make_texts, write_jsonl, write_parquet_files
 
 from embeddinggemma import Embedder
-from embeddinggemma.quant.embeddings import quantize_embeddings
+from embeddinggemma.vectors.codes import quantize_embeddings
 
 pytest.importorskip("ray")
 pytestmark = [

@@ -8,8 +8,8 @@ import pytest
 from scale_helpers import MAX_TOKENS, make_texts
 
 from embeddinggemma import Embedder
-from embeddinggemma.quant.embeddings import int8_ranges, quantize_embeddings
 from embeddinggemma.scale.rows import EmbedSettings, RowEmbedder
+from embeddinggemma.vectors.codes import int8_ranges, quantize_embeddings
 
 # the tiny model embeds into 40 dims; 16 is a test Matryoshka size it was not trained for
 pytestmark = pytest.mark.filterwarnings("ignore:dim=16 is not one of the trained")

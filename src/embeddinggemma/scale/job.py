@@ -23,9 +23,9 @@ import pyarrow as pa
 
 from embeddinggemma.checkpoint import DEFAULT_MODEL, read_checkpoint_info, resolve_checkpoint
 from embeddinggemma.prompts import PromptTable
-from embeddinggemma.quant.embeddings import int8_ranges as compute_int8_ranges
 from embeddinggemma.scale.blocks import Block, OutputDir, Plan, list_inputs, make_plan, read_block
 from embeddinggemma.scale.rows import EmbedSettings, RowEmbedder, embedding_column
+from embeddinggemma.vectors.codes import int8_ranges as compute_int8_ranges
 
 if TYPE_CHECKING:
     import ray.data
@@ -209,7 +209,7 @@ def embed_dataset(
 
     Returns a Dataset with `id_column` (as in the input; None to leave it out), `embedding_{dim}` for each of
     `dims` (default: the model's full width) as fixed-size lists of float32, int8 codes (`precision="int8"`
-    with `int8_ranges={dim: (2, dim) [lo, hi]}`, see `embeddinggemma.quant.embeddings.int8_ranges`) or
+    with `int8_ranges={dim: (2, dim) [lo, hi]}`, see `embeddinggemma.vectors.codes.int8_ranges`) or
     packed sign bits (`precision="binary"`), `num_tokens` (prompt, BOS and EOS included), and `error`: null
     for an embedded row, otherwise why the row was not embedded (its other columns are null): a text that
     is not a string, empty, or longer than the model's limit (`overlong="truncate"` embeds its first tokens

@@ -16,7 +16,7 @@ import argparse
 from collections.abc import Sequence
 
 from embeddinggemma.config import MATRYOSHKA_DIMS
-from embeddinggemma.quant.embeddings import EMBEDDING_PRECISIONS
+from embeddinggemma.vectors.codes import EMBEDDING_PRECISIONS
 
 __all__ = ["bytes_per_row", "gpu_hours", "plan_markdown", "wall_hours"]
 

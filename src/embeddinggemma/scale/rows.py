@@ -18,11 +18,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from embeddinggemma.embedder import Embedder, finish_embeddings
+from embeddinggemma.embedder import Embedder
 from embeddinggemma.engine.stream import chunked, prefetch_map
+from embeddinggemma.matryoshka import matryoshka_truncate
 from embeddinggemma.prompts import document_prompt
-from embeddinggemma.quant.embeddings import EMBEDDING_PRECISIONS, quantize_embeddings
 from embeddinggemma.tokenizer import TruncationWarning
+from embeddinggemma.vectors.codes import EMBEDDING_PRECISIONS, quantize_embeddings
 
 __all__ = ["EmbedSettings", "Embedded", "RowEmbedder", "embedding_column", "fixed_size_list"]
 
@@ -256,7 +257,7 @@ class RowEmbedder:
         vectors = {}
         for dim in self.dims:
             if parts:
-                floats = finish_embeddings(torch.cat(parts), dim, normalize=True).numpy()
+                floats = matryoshka_truncate(torch.cat(parts), dim).numpy()
             else:
                 floats = np.zeros((0, dim), dtype=np.float32)
             vectors[dim] = self._encode_precision(floats, dim)
