@@ -45,19 +45,10 @@ import numpy as np
 import torch
 
 from embeddinggemma import Embedder, EmbeddingGemma, EmbeddingGemmaConfig, Gemma3TextConfig
-from embeddinggemma.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from embeddinggemma.checkpoint import TOKENIZER_FILES, CheckpointInfo, load_checkpoint, save_checkpoint
 from embeddinggemma.config import HeadConfig
 from embeddinggemma.prompts import DOCUMENT_PROMPT, QUERY_PROMPT
 from embeddinggemma.tokenizer import TruncationWarning, load_tokenizer
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "added_tokens.json",
-)
-
 
 # -- helpers -----------------------------------------------------------------------------------------
 
