@@ -160,9 +160,18 @@ class Chunker:
         chunk_tokens: the most tokens one prompted chunk may have (at most the model's limit).
         overlap_tokens: tokens repeated at the start of a chunk that continues a split section.
         titles: put ``file name: heading`` in the document prompt; False gives ``title: none``.
+        min_tokens: a section with fewer tokens joins the next one in a chunk (default: a quarter chunk).
     """
 
-    def __init__(self, count_tokens: TokenCounter, *, chunk_tokens: int, overlap_tokens: int, titles: bool = True):
+    def __init__(
+        self,
+        count_tokens: TokenCounter,
+        *,
+        chunk_tokens: int,
+        overlap_tokens: int,
+        titles: bool = True,
+        min_tokens: int | None = None,
+    ):
         if chunk_tokens < 32:
             raise ValueError(f"chunk size must be at least 32 tokens, got {chunk_tokens}")
         if not 0 <= overlap_tokens <= chunk_tokens // 2:
@@ -173,7 +182,8 @@ class Chunker:
         self.chunk_tokens = chunk_tokens
         self.overlap_tokens = overlap_tokens
         self.titles = titles
-        self.min_tokens = chunk_tokens // 4  # a section smaller than this shares a chunk with the next one
+        # a section smaller than this shares a chunk with the next one
+        self.min_tokens = chunk_tokens // 4 if min_tokens is None else min_tokens
         self._prompt_tokens: dict[str | None, int] = {}
 
     def title_for(self, file_name: str, trail: Trail) -> str | None:

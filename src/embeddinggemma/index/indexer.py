@@ -204,6 +204,9 @@ def _update(
                 else np.zeros((0, settings.dim), np.float32)
             )
             report.embed_seconds += time.perf_counter() - t0
+            if not np.isfinite(vectors).all():  # never store what exact search would choke on
+                paths = ", ".join(source.path for source, _, _ in batch)
+                raise ValueError(f"the model returned NaN or inf embeddings for one of: {paths}")
             rows, start = [], 0
             for source, digest, chunks in batch:
                 rows.append((source, digest, chunks, vectors[start : start + len(chunks)]))

@@ -135,14 +135,18 @@ class Searcher:
                     logger.warning("the %s structure is stale (run `embeddinggemma index` again); exact search", method)
         return DenseIndex(self.store, self.settings.dim, "exact")
 
-    def dense_ids(self, query: str, limit: int, task: str = "query") -> list[tuple[int, float]]:
-        if self.embedder is None:
-            raise ValueError("dense and hybrid search need the model; load one or use mode 'bm25'")
-        vector = self.embedder.encode_query(query, task=task, dim=self.settings.dim)
+    def dense_ids(self, query: str, limit: int, task: str = "query", vector: Any = None) -> list[tuple[int, float]]:
+        if vector is None:
+            if self.embedder is None:
+                raise ValueError("dense and hybrid search need the model; load one or use mode 'bm25'")
+            vector = self.embedder.encode_query(query, task=task, dim=self.settings.dim)
         return self._dense_index().search(vector, limit)
 
-    def ranked_ids(self, query: str, k: int, mode: str = "dense", task: str = "query") -> list[tuple[int, float]]:
-        """(chunk id, score) best first: the search without loading chunk rows."""
+    def ranked_ids(
+        self, query: str, k: int, mode: str = "dense", task: str = "query", vector: Any = None
+    ) -> list[tuple[int, float]]:
+        """(chunk id, score) best first: the search without loading chunk rows. ``vector``: the query's
+        embedding at the index dim, when the caller embedded many queries in one batch."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -151,11 +155,11 @@ class Searcher:
             raise ValueError("the query is empty")
         with self._lock:
             if mode == "dense":
-                return self.dense_ids(query, k, task)
+                return self.dense_ids(query, k, task, vector)
             if mode == "bm25":
                 return self.store.bm25(query, k)
             depth = max(k, FUSION_DEPTH)
-            dense = [i for i, _ in self.dense_ids(query, depth, task)]
+            dense = [i for i, _ in self.dense_ids(query, depth, task, vector)]
             lexical = [i for i, _ in self.store.bm25(query, depth)]
             return reciprocal_rank_fusion([dense, lexical])[:k]
 

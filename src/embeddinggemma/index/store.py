@@ -221,12 +221,14 @@ class IndexStore:
 
     def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """Every chunk's vector: (ids (N,) int64, vectors (N, dim) float32), in id order."""
-        ids, blobs = [], []
-        for chunk_id, blob in self.conn.execute("SELECT id, embedding FROM vectors ORDER BY id"):
-            ids.append(chunk_id)
-            blobs.append(blob)
-        matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
-        return np.asarray(ids, dtype=np.int64), matrix
+        (count,) = self.conn.execute("SELECT COUNT(*) FROM vectors").fetchone()
+        ids = np.empty(count, dtype=np.int64)
+        matrix = np.empty((count, dim), dtype=np.float32)  # filled in place: no second copy of every vector
+        rows = self.conn.execute("SELECT id, embedding FROM vectors ORDER BY id")
+        for i, (chunk_id, blob) in enumerate(rows):
+            ids[i] = chunk_id
+            matrix[i] = np.frombuffer(blob, dtype=np.float32)
+        return ids, matrix
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """The float32 vectors of ``ids``, in that order (the rescoring step's reads)."""
