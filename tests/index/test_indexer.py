@@ -108,7 +108,7 @@ def test_refuses_another_model(sample_folder, tmp_path, tiny_embedder, tiny_hf_d
         with torch.no_grad():
             for p in other.model.parameters():
                 p.add_(torch.randn_like(p) * 0.5)
-        with pytest.raises(IndexMismatchError, match="model tiny .*embeds differently"):
+        with pytest.raises(IndexMismatchError, match=r"model tiny .*embeds differently"):
             _index(sample_folder, db, other)
         with pytest.raises(IndexMismatchError, match="search with --model tiny"):
             Searcher(db, other)
@@ -151,7 +151,27 @@ def test_ctrl_c_keeps_a_consistent_index_and_the_next_run_resumes(tmp_path, tiny
 def test_approximate_dense_methods_rescore_to_the_exact_answer(tmp_path, tiny_embedder):
     folder = tmp_path / "docs"
     folder.mkdir()
-    words = "the red planet mars venus is known as which of and to in for on with code python function".split()
+    words = [
+        "the",
+        "red",
+        "planet",
+        "mars",
+        "venus",
+        "is",
+        "known",
+        "as",
+        "which",
+        "of",
+        "and",
+        "to",
+        "in",
+        "for",
+        "on",
+        "with",
+        "code",
+        "python",
+        "function",
+    ]
     rng = np.random.default_rng(0)
     for i in range(40):
         (folder / f"d{i}.txt").write_text(" ".join(rng.choice(words, 12)) + "\n", encoding="utf-8")
