@@ -20,6 +20,14 @@ __all__ = ["DEFAULT_DB", "add_index_parser", "add_search_parser"]
 DEFAULT_DB = Path("embeddinggemma-index.db")
 
 
+def _require_index_extra() -> None:
+    import importlib.util
+
+    missing = [m for m in ("pathspec", "markdown_it", "pygments") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"indexing needs {', '.join(missing)}: pip install 'embeddinggemma[index]'")
+
+
 def _model_reference(name: str) -> str:
     """What to record so that `search` can load the same model from anywhere: local paths made absolute."""
     path = Path(name).expanduser()
@@ -49,6 +57,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from embeddinggemma.index.indexer import IndexOptions, index_folder
     from embeddinggemma.index.store import IndexStore
 
+    _require_index_extra()
     if args.max_file_mb <= 0:
         raise ValueError(f"--max-file-mb must be positive, got {args.max_file_mb}")
     model = args.model

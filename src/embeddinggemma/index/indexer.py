@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,7 @@ def _update(
         titles=settings.titles,
     )
     with tqdm(total=len(todo), disable=not show_progress, unit="file", desc="indexing", delay=0.5) as bar:
-        for batch in _batches(todo, chunker, report, unreadable):
+        for batch in _batches(todo, chunker, report, unreadable, on_skip=lambda: bar.update(1)):
             t0 = time.perf_counter()
             texts = [c.text for _, _, chunks in batch for c in chunks]
             titles = [c.title for _, _, chunks in batch for c in chunks]
@@ -221,7 +221,11 @@ def _update(
 
 
 def _batches(
-    todo: list[tuple[SourceFile, bytes, str]], chunker: Chunker, report: IndexReport, unreadable: list[str]
+    todo: list[tuple[SourceFile, bytes, str]],
+    chunker: Chunker,
+    report: IndexReport,
+    unreadable: list[str],
+    on_skip: Callable[[], object],
 ) -> Iterator[list[tuple[SourceFile, str, list[Chunk]]]]:
     """Whole files grouped until a batch holds COMMIT_EVERY_CHUNKS chunks (a big file is a batch alone)."""
     batch: list[tuple[SourceFile, str, list[Chunk]]] = []
@@ -230,6 +234,7 @@ def _batches(
         chunks = _read_chunks(source, data, chunker, report.skipped)
         if chunks is None:
             unreadable.append(source.path)
+            on_skip()
             continue
         batch.append((source, digest, chunks))
         size += len(chunks)

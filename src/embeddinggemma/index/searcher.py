@@ -163,8 +163,11 @@ class Searcher:
             lexical = [i for i, _ in self.store.bm25(query, depth)]
             return reciprocal_rank_fusion([dense, lexical])[:k]
 
-    def search(self, query: str, k: int = 10, mode: str = "dense", task: str = "query") -> list[SearchResult]:
-        ranked = self.ranked_ids(query, k, mode, task)
+    def search(
+        self, query: str, k: int = 10, mode: str = "dense", task: str = "query", vector: Any = None
+    ) -> list[SearchResult]:
+        """The best ``k`` chunks as results (see the module docstring); ``vector`` as in :meth:`ranked_ids`."""
+        ranked = self.ranked_ids(query, k, mode, task, vector)
         with self._lock:
             rows = self.store.chunks([i for i, _ in ranked])
         out = []
