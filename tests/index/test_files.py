@@ -51,6 +51,7 @@ def test_excluded_paths_and_size_limit(tmp_path):
 
 def test_classify_and_decode():
     assert classify("x.md") == "markdown" and classify("x.rst") == "rst" and classify("Makefile") == "text"
+    assert classify("argparse.rst.txt") == "rst" and classify("notes.txt") == "text"
     assert classify("x.rs") == "code" and classify("x.go") == "code" and classify("x.pdf") == "pdf"
     assert classify("x.png") is None and classify("package-lock.json") is None
     assert decode_text("\ufeffhé\r\n".encode()) == "hé\r\n"

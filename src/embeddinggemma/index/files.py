@@ -78,7 +78,7 @@ def classify(file_name: str) -> str | None:
         return None
     if suffix in MARKDOWN_SUFFIXES:
         return "markdown"
-    if suffix in RST_SUFFIXES:
+    if suffix in RST_SUFFIXES or file_name.endswith(".rst.txt"):  # .rst.txt: Sphinx's copies of its sources
         return "rst"
     if suffix in TEXT_SUFFIXES or not suffix:
         return "text"
