@@ -200,3 +200,17 @@ def test_fusion_and_fts_query():
     ]
     assert fts_query('parse "args" OR NOT x*') == '"parse" OR "args" OR "or" OR "not" OR "x"'
     assert fts_query("?!") is None
+
+
+def test_index_inside_the_folder_and_empty_folders(tmp_path, tiny_embedder):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    db = folder / "notes.db"  # the index lives in the folder it indexes: never indexed itself
+    assert _index(folder, db, tiny_embedder).totals == {"files": 0, "chunks": 0, "tokens": 0}
+    with Searcher(db, tiny_embedder) as searcher:
+        assert searcher.search("the red planet", mode="hybrid") == []
+    (folder / "a.md").write_text("# Mars\n\nthe red planet\n", encoding="utf-8")
+    report = _index(folder, db, tiny_embedder)
+    assert report.embedded_files == 1 and not report.skipped.reasons
+    with Searcher(db, tiny_embedder) as searcher:
+        assert [r.path for r in searcher.search("the red planet")] == ["a.md"]
