@@ -95,6 +95,9 @@ def test_refuses_other_settings_and_says_how_to_rebuild(sample_folder, tmp_path,
             _index(sample_folder, db, tiny_embedder, **options)
     rebuilt = _index(sample_folder, db, tiny_embedder, dim=16, rebuild=True)
     assert rebuilt.embedded_files == 4 and IndexStore(db).meta()["dim"] == 16
+    with Searcher(db, tiny_embedder) as searcher:  # a full-width query vector is cut to the index's 16 dims
+        full = tiny_embedder.encode_query("the red planet")
+        assert searcher.search("the red planet", vector=full) == searcher.search("the red planet")
 
 
 def test_refuses_another_model(sample_folder, tmp_path, tiny_embedder, tiny_hf_dir):

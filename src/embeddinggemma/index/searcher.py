@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from embeddinggemma.index.dense import DenseIndex, StaleIndexError
 from embeddinggemma.index.settings import IndexMismatchError, IndexSettings, model_fingerprint, same_model
 from embeddinggemma.index.store import ChunkRow, IndexStore
@@ -140,13 +142,17 @@ class Searcher:
             if self.embedder is None:
                 raise ValueError("dense and hybrid search need the model; load one or use mode 'bm25'")
             vector = self.embedder.encode_query(query, task=task, dim=self.settings.dim)
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] > self.settings.dim:  # a full-width embedding (e.g. from a server's queue): Matryoshka cut
+            vector = vector[: self.settings.dim] / max(float(np.linalg.norm(vector[: self.settings.dim])), 1e-12)
         return self._dense_index().search(vector, limit)
 
     def ranked_ids(
         self, query: str, k: int, mode: str = "dense", task: str = "query", vector: Any = None
     ) -> list[tuple[int, float]]:
         """(chunk id, score) best first: the search without loading chunk rows. ``vector``: the query's
-        embedding at the index dim, when the caller embedded many queries in one batch."""
+        embedding (with the query prompt; full width or the index dim), when the caller embedded it
+        already (a batch of queries, a server's batching queue)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
