@@ -554,4 +554,15 @@ def test_subcommands_are_listed(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     listed = capsys.readouterr().out.split("{", 1)[1].split("}", 1)[0].split(",")
-    assert listed == ["embed", "similarity", "info", "eval", "train", "soup", "student", "embed-dataset"]
+    assert listed == [
+        "embed",
+        "similarity",
+        "info",
+        "eval",
+        "train",
+        "soup",
+        "student",
+        "embed-dataset",
+        "index",
+        "search",
+    ]
