@@ -16,6 +16,7 @@ is wrong: llama.cpp #16367):
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def _write_metadata(writer, model: EmbeddingGemma, info: CheckpointInfo, name: s
     writer.add_causal_attention(False)
     writer.add_pooling_type(gguf.PoolingType.MEAN)
     dims = (backbone.hidden_size, *model.config.head.dense_features)
-    for index, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for index, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
         writer.add_dense_features_dims(f"dense_{index + 2}", d_in, d_out)
     pieces, scores, types = _vocabulary(info, backbone.vocab_size)
     writer.add_tokenizer_model("llama")

@@ -154,7 +154,7 @@ def quantize_graph(model_proto, model: EmbeddingGemma, accuracy_level: int = ACC
     graph = model_proto.graph
     tensors = quantized_tensors(model)
     by_digest: dict[str, tuple[str, str]] = {}  # digest -> (module name, "W" or "WT")
-    for name, (layout, q, scale) in tensors.items():
+    for name, (_, q, scale) in tensors.items():
         weight = dequantize(q, scale).numpy()
         by_digest.setdefault(_digest(weight), (name, "W"))
         by_digest.setdefault(_digest(weight.T), (name, "WT"))
