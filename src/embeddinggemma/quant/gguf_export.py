@@ -194,7 +194,6 @@ def _write_tensors(writer, model: EmbeddingGemma, name_map) -> set[str]:
             writer.add_tensor(
                 _gguf_name(module_name, name_map) + ".weight",
                 data,
-                raw_shape=tuple(module.qweight.shape),
                 raw_dtype=qtype,
             )
         elif isinstance(module, nn.Linear | nn.Embedding):
