@@ -107,7 +107,7 @@ def test_export_refuses_bad_requests_and_leaves_nothing(block_dir, tiny_st_dir, 
         export_checkpoint(block_dir, "gguf", tmp_path / "a.gguf", scheme="int8-channel")
     with pytest.raises(ValueError, match="rows of 48 values cannot be split into q8_0 blocks"):
         export_checkpoint(tiny_st_dir, "gguf", tmp_path / "a.gguf", scheme="int8")
-    with pytest.raises(FileNotFoundError, match="tokenizer.model is missing"):
+    with pytest.raises(FileNotFoundError, match=r"tokenizer\.model is missing"):
         export_checkpoint(tiny_st_dir, "gguf", tmp_path / "a.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.onnx"], "no partial files left behind"
 
