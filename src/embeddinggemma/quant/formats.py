@@ -78,17 +78,26 @@ def quantize(weight: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.
         parts = [quantize(part, layout) for part in weight.split(_CHUNK_ROWS)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     blocks = _blocks(weight.detach(), layout)
+    d = block_scale(blocks, layout)  # (R, B, 1) fp32
+    q = round_to_grid(blocks, d, layout).to(torch.int8).reshape(weight.shape)
+    return q, d.squeeze(-1).to(layout.scale_dtype)
+
+
+def block_scale(blocks: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """The fp32 scale of each block (..., block) -> (..., 1): Q4_0 maps the signed extreme to -8, the
+    int8 layouts map max |x| to 127. Stored rounded to the layout's scale dtype."""
     if layout.name == "q4_0":
         index = blocks.abs().argmax(dim=-1, keepdim=True)  # first of equal magnitudes, as numpy and ggml
-        d = torch.gather(blocks, -1, index) / -8.0  # (R, B, 1) fp32
-        inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
-        q = torch.trunc(blocks * inv + 8.5).clamp_(0, 15) - 8.0
-    else:
-        d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
-        inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
-        q = _round_half_away(blocks * inv)
-    q = q.to(torch.int8).reshape(weight.shape)
-    return q, d.squeeze(-1).to(layout.scale_dtype)
+        return torch.gather(blocks, -1, index) / -8.0
+    return blocks.abs().amax(dim=-1, keepdim=True) / 127.0
+
+
+def round_to_grid(x: torch.Tensor, d: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Integer values (as float) of `x` on the grid of fp32 scale `d` (broadcast), as ggml rounds them."""
+    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+    if layout.name == "q4_0":
+        return torch.trunc(x * inv + 8.5).clamp_(0, 15) - 8.0
+    return _round_half_away(x * inv).clamp_(-127, 127)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
