@@ -91,6 +91,18 @@ def export_file(exports: Path, fmt: str, scheme: str) -> Path:
     return path
 
 
+def onnx_file(exports: Path, scheme: str) -> Path:
+    """fp32: our export; int8 / int4: the graph our quantized runtime runs (its cache file, the same
+    export without the final normalisation, which the Embedder applies)."""
+    if scheme == "f32":
+        return export_file(exports, "onnx", scheme)
+    from embeddinggemma.checkpoint import resolve_checkpoint
+    from embeddinggemma.quant.runtime import MODEL_FILE, cache_entry, default_cache_dir, load_quantized
+
+    load_quantized(MODEL, scheme)  # converts once if needed
+    return cache_entry(resolve_checkpoint(MODEL), scheme, default_cache_dir()) / MODEL_FILE
+
+
 class _SessionModel:
     """Runs an ONNX graph of ours (outputs normalised embeddings) behind the Embedder's padded runner."""
 
@@ -149,7 +161,7 @@ def build_engine(name: str, threads: int, exports: Path) -> Engine:
     else:
         scheme = {"fp32": "f32", "int8": "int8", "int4": "int4"}[name.split()[1].split("-")[0]]
         kind = "openvino" if name.startswith("openvino") else "onnxruntime"
-        session = _SessionModel(export_file(exports, "onnx", scheme), threads, kind)
+        session = _SessionModel(onnx_file(exports, scheme), threads, kind)
         from embeddinggemma.checkpoint import read_checkpoint_info, resolve_checkpoint
 
         info = read_checkpoint_info(resolve_checkpoint(MODEL))[0]

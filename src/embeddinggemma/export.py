@@ -60,7 +60,7 @@ def export_checkpoint(
     else:
         from embeddinggemma.quant.onnx_export import build_onnx, save_onnx
 
-        save_onnx(build_onnx(model, accuracy_level), output)
+        save_onnx(build_onnx(model, accuracy_level, consume=True), output)
     logger.info("wrote %s (%s, %s, %.1f MB)", output, fmt, scheme, output.stat().st_size / 1e6)
     return output
 

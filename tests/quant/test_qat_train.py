@@ -42,7 +42,7 @@ def test_qat_recipe_trains_through_the_rounding(block_dir, tmp_path, single_thre
 
 
 def test_qat_recipe_refuses_unknown_scheme(block_dir, tmp_path):
-    with pytest.raises(RecipeError, match="qat.scheme: unknown quantization scheme 'int3'"):
+    with pytest.raises(RecipeError, match=r"qat\.scheme: unknown quantization scheme 'int3'"):
         _recipe(block_dir, tmp_path, "qat.scheme=int3")
 
 

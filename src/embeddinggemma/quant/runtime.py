@@ -34,7 +34,7 @@ from embeddinggemma.quant.qat import quantize_weights_, resolve_scheme
 
 logger = logging.getLogger(__name__)
 
-RUNTIME_SCHEMES = ("int8", "int4", "mixed")
+RUNTIME_SCHEMES = ("int8", "int4", "mixed", "int8-channel")  # int8-channel: any shape (no blocks)
 CACHE_VERSION = 1  # bump when the conversion changes
 MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
 
@@ -100,7 +100,7 @@ def convert_checkpoint(
     root = resolve_checkpoint(name_or_path, revision)
     model, _ = load_checkpoint(root, dtype=torch.float32, device="cpu")
     quantize_weights_(model, scheme)
-    proto = build_onnx(model, accuracy_level, normalize=False)
+    proto = build_onnx(model, accuracy_level, normalize=False, consume=True)
     del model
     entry.mkdir(parents=True, exist_ok=True)
     (entry / MANIFEST_FILE).unlink(missing_ok=True)  # the old manifest must not vouch for the new file
