@@ -255,7 +255,13 @@ def main() -> None:
 
     docs = passages(args.corpus)
     names = engine_names(set(args.skip))
-    runners = {name: build_engine(name, args.threads, args.exports) for name in names}
+    runners, skipped = {}, {}
+    for name in names:
+        try:
+            runners[name] = build_engine(name, args.threads, args.exports)
+        except Exception as error:  # a runtime that cannot load our file is a result, not a crash
+            skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            print(f"skipped {name}: {skipped[name]}", file=sys.stderr, flush=True)
     tokenizer = Tokenizer.from_file(str(resolve_checkpoint(MODEL) / "tokenizer.json"))
     doc_tokens = sum(len(e.ids) for e in tokenizer.encode_batch([DOCUMENT_PROMPT + d for d in docs]))
     query_tokens = len(tokenizer.encode(QUERY_PROMPT + QUERY).ids)
@@ -286,6 +292,7 @@ def main() -> None:
         "passage_tokens": doc_tokens,
         "versions": _versions(),
         "file_mb": file_sizes(args.exports),
+        "skipped": skipped,
         "engines": {},
     }
     ref_query, ref_docs = outputs[REFERENCE]
@@ -328,6 +335,8 @@ def print_table(results: dict) -> None:
             f"{row['mean_cosine_vs_reference']:>8.4f}"
         )
     print("files (MB):", ", ".join(f"{k} {v:.0f}" for k, v in sorted(results["file_mb"].items())))
+    for name, reason in results.get("skipped", {}).items():
+        print(f"skipped {name}: {reason}")
 
 
 def _versions() -> dict[str, str]:
