@@ -111,7 +111,7 @@ class _SessionModel:
         from torch import nn
 
         from embeddinggemma.checkpoint import read_checkpoint_info, resolve_checkpoint
-        from embeddinggemma.quant.runtime import OnnxEmbeddingModel
+        from embeddinggemma.quant.runtime import OnnxEmbeddingModel, OnnxRunner
 
         config = read_checkpoint_info(resolve_checkpoint(MODEL))[0].config
         if kind == "onnxruntime":
@@ -127,6 +127,9 @@ class _SessionModel:
                 options = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
                 self.compiled = core.compile_model(str(path), "CPU", options)
                 self.request = self.compiled.create_infer_request()
+
+            def make_runner(self, pad_id, engine="auto", **options):
+                return OnnxRunner(self, pad_id=pad_id, **options)
 
             def forward(self, input_ids, attention_mask, normalize=None):
                 feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}

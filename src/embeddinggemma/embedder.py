@@ -517,6 +517,8 @@ def _growing_chunks(texts: Sequence[str]) -> Iterator[list[str]]:
 def default_runner(model: EmbeddingGemma, pad_id: int, engine: str = "auto", **options) -> Runner:
     """`auto`: packed batches on CUDA (no padding; fused kernels, FlashAttention over the texts' offsets),
     sorted padded batches on CPU."""
+    if hasattr(model, "make_runner"):  # a model run by another runtime (the quantized CPU path) brings its own
+        return model.make_runner(pad_id, engine, **options)
     if engine == "auto":
         engine = "packed" if model.device.type == "cuda" else "padded"
     if engine == "padded":

@@ -14,6 +14,7 @@ import torch
 
 from embeddinggemma import Embedder
 from embeddinggemma.cli import main as cli_main
+from embeddinggemma.engine.forward import padded_forward
 from embeddinggemma.export import export_checkpoint
 from embeddinggemma.quant import qat
 from embeddinggemma.quant.onnx_export import ACCURACY_FP32, ACCURACY_INT8
@@ -24,7 +25,7 @@ TEXTS = ["red planet", "mars is the red planet and venus is a planet " * 3, "sor
 
 
 def _batch(embedder: Embedder) -> tuple[torch.Tensor, torch.Tensor]:
-    from embeddinggemma.packing import pad_batch
+    from embeddinggemma.engine.batching import pad_batch
 
     return pad_batch(embedder.tokenizer.encode(TEXTS), 0)
 
@@ -47,7 +48,7 @@ def test_onnx_equals_our_quantized_model(block_dir, block_embedder, tmp_path, sc
     if scheme != "f32":
         qat.quantize_weights_(model, scheme)
     with torch.no_grad():
-        expected = model(ids, mask).numpy()
+        expected = padded_forward(model, ids, mask).numpy()
     exact = export_checkpoint(block_dir, "onnx", tmp_path / "exact.onnx", scheme=scheme, accuracy_level=ACCURACY_FP32)
     np.testing.assert_allclose(_run_onnx(exact, ids, mask), expected, atol=2e-6, rtol=0)
     if scheme != "f32":  # int8 dot products: close, not exact

@@ -9,6 +9,7 @@ import pytest
 import torch
 from quant_helpers import block_model
 
+from embeddinggemma.engine.forward import padded_forward
 from embeddinggemma.quant import qat
 from embeddinggemma.quant.formats import Q4_0, Q8_0, dequantize, quantize
 from embeddinggemma.quant.gptq import gptq_quantize, gptq_quantize_model_
@@ -36,7 +37,8 @@ def test_gptq_model_is_a_converted_model():
     assert len(tensors) == 1 + 3 * 7 + 2
     ids = torch.tensor([[2, 9, 10, 11, 12, 1]])
     with torch.no_grad():
-        out, ref = quantized(ids, torch.ones_like(ids)), model(ids, torch.ones_like(ids))
+        mask = torch.ones_like(ids)
+        out, ref = padded_forward(quantized, ids, mask), padded_forward(model, ids, mask)
     assert torch.nn.functional.cosine_similarity(out, ref).item() > 0.9
     rtn = qat.quantize_weights_(copy.deepcopy(model), "int4")
     same_table = torch.equal(quantized.encoder.embed_tokens.qweight, rtn.encoder.embed_tokens.qweight)

@@ -21,8 +21,9 @@ import logging
 import torch
 from torch import nn
 
+from embeddinggemma.engine.batching import pad_batch
+from embeddinggemma.engine.forward import padded_forward
 from embeddinggemma.model import EmbeddingGemma
-from embeddinggemma.packing import pad_batch
 from embeddinggemma.quant.formats import Layout, block_scale, round_to_grid
 from embeddinggemma.quant.qat import (
     FakeQuantEmbedding,
@@ -114,7 +115,7 @@ def gptq_quantize_model_(
             for start in range(0, len(token_ids), batch):
                 input_ids, attention_mask = pad_batch(token_ids[start : start + batch], pad_id)
                 valid["mask"] = attention_mask.bool()
-                model(input_ids, attention_mask)
+                padded_forward(model, input_ids, attention_mask)
         finally:
             for hook in hooks.values():
                 hook.handle.remove()

@@ -19,6 +19,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from torch import nn
 
 from embeddinggemma.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info, resolve_checkpoint
 from embeddinggemma.config import EmbeddingGemmaConfig
+from embeddinggemma.engine.batching import pad_batch, token_budget_batches
 from embeddinggemma.quant.onnx_export import ACCURACY_INT8, INPUTS, build_onnx, save_onnx
 from embeddinggemma.quant.qat import quantize_weights_, resolve_scheme
 
@@ -144,6 +147,12 @@ class OnnxEmbeddingModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return torch.float32
 
+    def make_runner(self, pad_id: int, engine: str = "auto", **options) -> OnnxRunner:
+        """The Embedder's runner for this model (`Embedder.from_model` asks the model when it can)."""
+        if engine not in ("auto", "padded"):
+            raise ValueError(f"the quantized CPU runtime runs padded batches; engine={engine!r} is not available")
+        return OnnxRunner(self, pad_id=pad_id, **options)
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool | None = None
     ) -> torch.Tensor:
@@ -156,6 +165,28 @@ class OnnxEmbeddingModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.path}, {self.num_threads} threads"
+
+
+@dataclass
+class OnnxRunner:
+    """Sorted, right-padded batches under a token budget (as the engine's padded runner), run by ONNX Runtime."""
+
+    model: OnnxEmbeddingModel
+    pad_id: int = 0
+    max_batch_tokens: int = 1024  # small batches bound activation memory; on CPU they cost no throughput
+
+    def embed(
+        self, token_ids: Sequence[Sequence[int]], *, max_texts: int | None = 32, progress: Callable | None = None
+    ) -> torch.Tensor:
+        """Un-normalised full-width fp32 embeddings (N, E), in input order."""
+        lengths = [len(ids) for ids in token_ids]
+        out = torch.empty(len(token_ids), self.model.config.embedding_dim, dtype=torch.float32)
+        for rows in token_budget_batches(lengths, self.max_batch_tokens, max_texts or 32, pad_to_longest=True):
+            input_ids, attention_mask = pad_batch([token_ids[i] for i in rows], self.pad_id)
+            out[rows] = self.model(input_ids, attention_mask, normalize=False)
+            if progress:
+                progress(len(rows))
+        return out
 
 
 def load_quantized(
