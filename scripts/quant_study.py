@@ -30,11 +30,11 @@ import torch
 
 from embeddinggemma import Embedder
 from embeddinggemma.checkpoint import DEFAULT_MODEL, load_checkpoint
+from embeddinggemma.quant.calibration import CALIBRATION_TEXTS
 from embeddinggemma.quant.gptq import gptq_quantize_model_
 from embeddinggemma.quant.onnx_export import ACCURACY_INT8, build_onnx, save_onnx
 from embeddinggemma.quant.qat import quantize_weights_
 from embeddinggemma.quant.runtime import OnnxEmbeddingModel
-from embeddinggemma.quant.calibration import CALIBRATION_TEXTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from cpu import QUERY, passages
