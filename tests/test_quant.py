@@ -111,9 +111,11 @@ def test_int8_cache_is_built_once_and_reused(tiny_st_dir, tiny, tmp_path, monkey
 
 def test_quantize_through_the_api(tiny_st_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDDINGGEMMA_CACHE", str(tmp_path))
-    int8 = Embedder.from_pretrained(tiny_st_dir, quantize="int8")
+    int8 = Embedder.from_pretrained(tiny_st_dir, quantize="int8-channel")  # rows of 48: no blocks of 32
     assert int8.encode_query(TEXTS).shape == (4, 40)
-    with pytest.raises(ValueError, match="unknown quantize='int3'"):
+    with pytest.raises(ValueError, match="rows of 48 values cannot be split into q8_0 blocks"):
+        Embedder.from_pretrained(tiny_st_dir, quantize="int8")
+    with pytest.raises(ValueError, match="unknown quantization scheme 'int3'"):
         Embedder.from_pretrained(tiny_st_dir, quantize="int3")
     with pytest.raises(ValueError, match="CPU path"):
         Embedder.from_pretrained(tiny_st_dir, quantize="int8", dtype="bfloat16")
