@@ -38,7 +38,6 @@ MODEL = "google/embeddinggemma-300m"
 QUERY = "how do I parse command line arguments?"
 QUERY_PROMPT, DOCUMENT_PROMPT = "task: search result | query: ", "title: none | text: "
 REFERENCE = "sentence-transformers fp32"
-TORCH_INT8 = "ours int8 (torch.ops.quantized)"
 Engine = tuple[Callable[[str], np.ndarray], Callable[[list[str]], np.ndarray]]
 
 
@@ -64,8 +63,6 @@ def _available(module: str) -> bool:
 
 def engine_names(skip: set[str]) -> list[str]:
     names = [REFERENCE, "ours fp32 (torch)"]
-    if _available("embeddinggemma.quant.convert"):
-        names.append(TORCH_INT8)
     names += [f"ours {s} (onnxruntime)" for s in ("int8", "int4", "mixed")]
     names += ["onnxruntime fp32 (our export)"]
     if _available("openvino"):
@@ -154,11 +151,6 @@ def build_engine(name: str, threads: int, exports: Path) -> Engine:
 
     if name == "ours fp32 (torch)":
         embedder = Embedder.from_pretrained(MODEL, device="cpu")
-    elif name == TORCH_INT8:  # the former int8 path: SmoothQuant + torch.ops.quantized (fbgemm)
-        from embeddinggemma.quant.convert import load_int8_checkpoint
-
-        model, info = load_int8_checkpoint(MODEL)
-        embedder = Embedder.from_model(model, info, tokenizer="sentencepiece", max_batch_tokens=1024)
     elif name.endswith("(onnxruntime)"):
         embedder = Embedder.from_pretrained(MODEL, quantize=name.split()[1], num_threads=threads)
     else:

@@ -166,3 +166,13 @@ def test_quantized_embedder_bad_requests(block_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="CPU path"):
         Embedder.from_pretrained(block_dir, quantize="int8", dtype="bfloat16")
     assert not (tmp_path / "cache").exists(), "nothing converted for a refused request"
+
+
+def test_per_channel_runtime_holds_any_shape(tiny_st_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDDINGGEMMA_CACHE", str(tmp_path / "cache"))
+    int8 = Embedder.from_pretrained(tiny_st_dir, quantize="int8-channel")  # rows of 48: no blocks of 32
+    assert int8.encode_query(TEXTS).shape == (4, 40)
+    with pytest.raises(ValueError, match="rows of 48 values cannot be split into q8_0 blocks"):
+        Embedder.from_pretrained(tiny_st_dir, quantize="int8")
+    with pytest.raises(ValueError, match="quantized model"):
+        int8.save(tmp_path / "out")
