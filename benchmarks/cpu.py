@@ -1,28 +1,44 @@
-"""CPU benchmark: our engine (fp32 and int8) against sentence-transformers fp32, same weights, same texts,
-same threads, in one process (timings interleaved, so machine noise hits every engine alike).
+"""CPU benchmark: every CPU runtime of EmbeddingGemma against sentence-transformers fp32, same weights, same
+texts, same threads, in one process (timings interleaved, so machine noise hits every engine alike).
 
     HF_HUB_OFFLINE=1 python benchmarks/cpu.py --threads 2 [--corpus corpus.jsonl] [--out results.json]
+
+Engines (each runs only where its package is installed; `pip install -e '.[bench]'`):
+- sentence-transformers fp32 (the reference) and our PyTorch fp32;
+- ours quantized, `Embedder.from_pretrained(quantize=int8|int4|mixed)`: ONNX Runtime on our Q8_0 /
+  Q4_0 integers;
+- ONNX Runtime fp32 on our exported graph; OpenVINO on the same graph (bf16 where the CPU has it) and
+  on our int8 / int4 graphs;
+- llama.cpp (llama-cpp-python) on our GGUF exports, Q8_0 / Q4_0 / mixed.
 
 Workloads: one short query (the reference figure's "how do I parse command line arguments?", 15
 tokens with its prompt) for latency percentiles; 48 real passages (the first 48 of the benchmark
 corpus, or of CPython stdlib blocks if no corpus is given) for throughput. Peak RSS is measured in a
 fresh child process per engine that only loads the model and embeds (RSS cannot be split inside one
-process). Quality: per-text cosine of each engine against sentence-transformers.
+process). Quality: per-text cosine of each engine against sentence-transformers fp32 (worst, mean).
+Exported files (built on first use) live in --exports.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 MODEL = "google/embeddinggemma-300m"
 QUERY = "how do I parse command line arguments?"
+QUERY_PROMPT, DOCUMENT_PROMPT = "task: search result | query: ", "title: none | text: "
+REFERENCE = "sentence-transformers fp32"
+Engine = tuple[Callable[[str], np.ndarray], Callable[[list[str]], np.ndarray]]
 
 
 def passages(corpus: Path | None, count: int = 48) -> list[str]:
@@ -39,22 +55,136 @@ def passages(corpus: Path | None, count: int = 48) -> list[str]:
     return texts[:count]
 
 
-def engines(threads: int) -> dict:
-    """name -> (encode_query(text), encode_documents(texts)) callables."""
-    import torch
-    from sentence_transformers import SentenceTransformer
+def _available(module: str) -> bool:
+    import importlib.util
 
-    from embeddinggemma import Embedder
+    return importlib.util.find_spec(module) is not None
+
+
+def engine_names(skip: set[str]) -> list[str]:
+    names = [REFERENCE, "ours fp32 (torch)"]
+    names += [f"ours {s} (onnxruntime)" for s in ("int8", "int4", "mixed")]
+    names += ["onnxruntime fp32 (our export)"]
+    if _available("openvino"):
+        names += [
+            "openvino fp32->bf16 (our export)",
+            "openvino int8 (our Q8_0 export)",
+            "openvino int4 (our Q4_0 export)",
+        ]
+    if _available("llama_cpp"):
+        names += ["llama.cpp Q8_0 (our GGUF)", "llama.cpp Q4_0 (our GGUF)", "llama.cpp mixed (our GGUF)"]
+    return [n for n in names if not any(s in n for s in skip)]
+
+
+def export_file(exports: Path, fmt: str, scheme: str) -> Path:
+    """Our export of the checkpoint, built once (minutes) and reused."""
+    from embeddinggemma.export import export_checkpoint
+
+    exports.mkdir(parents=True, exist_ok=True)
+    path = exports / f"embeddinggemma-{scheme}.{fmt}"
+    if not path.exists():
+        print(f"exporting {path} (once)", file=sys.stderr, flush=True)
+        export_checkpoint(MODEL, fmt, path, scheme=scheme)
+    return path
+
+
+def onnx_file(exports: Path, scheme: str) -> Path:
+    """fp32: our export; int8 / int4: the graph our quantized runtime runs (its cache file, the same
+    export without the final normalisation, which the Embedder applies)."""
+    if scheme == "f32":
+        return export_file(exports, "onnx", scheme)
+    from embeddinggemma.checkpoint import resolve_checkpoint
+    from embeddinggemma.quant.runtime import MODEL_FILE, cache_entry, default_cache_dir, load_quantized
+
+    load_quantized(MODEL, scheme)  # converts once if needed
+    return cache_entry(resolve_checkpoint(MODEL), scheme, default_cache_dir()) / MODEL_FILE
+
+
+class _SessionModel:
+    """Runs an ONNX graph of ours (outputs normalised embeddings) behind the Embedder's padded runner."""
+
+    def __new__(cls, path: Path, threads: int, kind: str):
+        import torch
+        from torch import nn
+
+        from embeddinggemma.checkpoint import read_checkpoint_info, resolve_checkpoint
+        from embeddinggemma.quant.runtime import OnnxEmbeddingModel, OnnxRunner
+
+        config = read_checkpoint_info(resolve_checkpoint(MODEL))[0].config
+        if kind == "onnxruntime":
+            return OnnxEmbeddingModel(path, config, threads)
+        import openvino as ov
+
+        class OpenVinoModel(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.config = config
+                self.device, self.dtype = torch.device("cpu"), torch.float32
+                core = ov.Core()
+                options = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+                self.compiled = core.compile_model(str(path), "CPU", options)
+                self.request = self.compiled.create_infer_request()
+
+            def make_runner(self, pad_id, engine="auto", **options):
+                return OnnxRunner(self, pad_id=pad_id, **options)
+
+            def forward(self, input_ids, attention_mask, normalize=None):
+                feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+                return torch.from_numpy(np.array(self.request.infer(feeds)[0]))
+
+        return OpenVinoModel()
+
+
+def build_engine(name: str, threads: int, exports: Path) -> Engine:
+    """name -> (encode_query(text) -> (E,), encode_documents(texts) -> (N, E))."""
+    import torch
 
     torch.set_num_threads(threads)
-    st = SentenceTransformer(MODEL, device="cpu")
-    fp32 = Embedder.from_pretrained(MODEL, device="cpu")
-    int8 = Embedder.from_pretrained(MODEL, quantize="int8")
-    return {
-        "sentence-transformers fp32": (lambda q: st.encode_query(q), lambda d: st.encode_document(d, batch_size=16)),
-        "embeddinggemma fp32": (lambda q: fp32.encode_query(q), lambda d: fp32.encode_document(d, batch_size=16)),
-        "embeddinggemma int8": (lambda q: int8.encode_query(q), lambda d: int8.encode_document(d, batch_size=16)),
-    }
+    if name == REFERENCE:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(MODEL, device="cpu")
+        return (lambda q: st.encode_query(q), lambda d: st.encode_document(d, batch_size=16))
+    if name.startswith("llama.cpp"):
+        return _llama_engine(name, threads, exports)
+    from embeddinggemma import Embedder
+
+    if name == "ours fp32 (torch)":
+        embedder = Embedder.from_pretrained(MODEL, device="cpu")
+    elif name.endswith("(onnxruntime)"):
+        embedder = Embedder.from_pretrained(MODEL, quantize=name.split()[1], num_threads=threads)
+    else:
+        scheme = {"fp32": "f32", "int8": "int8", "int4": "int4"}[name.split()[1].split("-")[0]]
+        kind = "openvino" if name.startswith("openvino") else "onnxruntime"
+        session = _SessionModel(onnx_file(exports, scheme), threads, kind)
+        from embeddinggemma.checkpoint import read_checkpoint_info, resolve_checkpoint
+
+        info = read_checkpoint_info(resolve_checkpoint(MODEL))[0]
+        embedder = Embedder.from_model(session, info, tokenizer="tokenizers", max_batch_tokens=1024)
+    return (lambda q: embedder.encode_query(q), lambda d: embedder.encode_document(d, batch_size=16))
+
+
+def _llama_engine(name: str, threads: int, exports: Path) -> Engine:
+    import llama_cpp
+
+    scheme = {"Q8_0": "int8", "Q4_0": "int4", "mixed": "mixed"}[name.split()[1]]
+    llm = llama_cpp.Llama(
+        model_path=str(export_file(exports, "gguf", scheme)),
+        embedding=True,
+        n_ctx=2048,
+        n_batch=2048,
+        n_ubatch=2048,
+        n_threads=threads,
+        n_threads_batch=threads,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        verbose=False,
+    )
+
+    def embed(texts: list[str]) -> np.ndarray:
+        out = np.array([llm.embed(text, normalize=False) for text in texts], dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    return (lambda q: embed([QUERY_PROMPT + q])[0], lambda d: embed([DOCUMENT_PROMPT + t for t in d]))
 
 
 def timed(fn, *args) -> tuple[float, object]:
@@ -63,24 +193,38 @@ def timed(fn, *args) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def child_rss(engine: str, threads: int, texts_file: Path) -> dict:
+def child_rss(engine: str, threads: int, exports: Path, texts_file: Path) -> dict:
     """Peak RSS (VmHWM) of a fresh process that loads one engine and embeds the workload."""
-    code = f"""
-import json, torch
-torch.set_num_threads({threads})
-texts = json.load(open({str(texts_file)!r}))
-if {engine!r} == "sentence-transformers fp32":
-    from sentence_transformers import SentenceTransformer
-    m = SentenceTransformer({MODEL!r}, device="cpu"); m.encode_query({QUERY!r}); m.encode_document(texts, batch_size=16)
-else:
-    from embeddinggemma import Embedder
-    kw = dict(quantize="int8") if {engine!r}.endswith("int8") else dict(device="cpu")
-    m = Embedder.from_pretrained({MODEL!r}, **kw); m.encode_query({QUERY!r}); m.encode_document(texts, batch_size=16)
-status = open("/proc/self/status").read()
-print(json.dumps({{k: int(status.split(k + ":")[1].split()[0]) // 1024 for k in ("VmHWM", "VmRSS")}}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    command = [sys.executable, __file__, "--child", engine, "--threads", str(threads), "--exports", str(exports)]
+    out = subprocess.run([*command, "--texts", str(texts_file)], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"RSS child for {engine} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_child(engine: str, threads: int, exports: Path, texts_file: Path) -> None:
+    texts = json.loads(texts_file.read_text())
+    query_fn, docs_fn = build_engine(engine, threads, exports)
+    query_fn(QUERY)
+    docs_fn(texts)
+    status = Path("/proc/self/status").read_text()
+    print(json.dumps({k: int(status.split(k + ":")[1].split()[0]) // 1024 for k in ("VmHWM", "VmRSS")}))
+
+
+def file_sizes(exports: Path) -> dict[str, float]:
+    """MB on disk of what each engine loads (the quantized runtime: its cached ONNX file)."""
+    from embeddinggemma.checkpoint import resolve_checkpoint
+    from embeddinggemma.quant.runtime import MODEL_FILE, cache_entry, default_cache_dir
+
+    root = resolve_checkpoint(MODEL)
+    sizes = {REFERENCE: sum(p.stat().st_size for p in root.rglob("*.safetensors")) / 1e6}
+    for scheme in ("int8", "int4", "mixed"):
+        path = cache_entry(root, scheme, default_cache_dir()) / MODEL_FILE
+        if path.exists():
+            sizes[f"ours {scheme} (onnxruntime)"] = path.stat().st_size / 1e6
+    for path in exports.glob("embeddinggemma-*"):
+        sizes[path.name] = path.stat().st_size / 1e6
+    return sizes
 
 
 def main() -> None:
@@ -90,77 +234,116 @@ def main() -> None:
     parser.add_argument("--query-runs", type=int, default=40)
     parser.add_argument("--passage-runs", type=int, default=2)
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--skip", action="append", default=[], help="leave out engines whose name contains this")
+    parser.add_argument("--exports", type=Path, default=Path.home() / ".cache" / "embeddinggemma" / "bench-exports")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--texts", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        run_child(args.child, args.threads, args.exports, args.texts)
+        return
 
-    import numpy as np
     from tokenizers import Tokenizer
 
-    docs = passages(args.corpus)
-    runners = engines(args.threads)
-    from huggingface_hub import snapshot_download
+    from embeddinggemma.checkpoint import resolve_checkpoint
 
-    tokenizer = Tokenizer.from_file(str(Path(snapshot_download(MODEL, local_files_only=True)) / "tokenizer.json"))
-    doc_tokens = sum(len(e.ids) for e in tokenizer.encode_batch(["title: none | text: " + d for d in docs]))
-    query_tokens = len(tokenizer.encode("task: search result | query: " + QUERY).ids)
+    docs = passages(args.corpus)
+    names = engine_names(set(args.skip))
+    runners, skipped = {}, {}
+    for name in names:
+        try:
+            runners[name] = build_engine(name, args.threads, args.exports)
+        except Exception as error:  # a runtime that cannot load our file is a result, not a crash
+            skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            print(f"skipped {name}: {skipped[name]}", file=sys.stderr, flush=True)
+    tokenizer = Tokenizer.from_file(str(resolve_checkpoint(MODEL) / "tokenizer.json"))
+    doc_tokens = sum(len(e.ids) for e in tokenizer.encode_batch([DOCUMENT_PROMPT + d for d in docs]))
+    query_tokens = len(tokenizer.encode(QUERY_PROMPT + QUERY).ids)
 
     latencies: dict[str, list[float]] = {name: [] for name in runners}
     throughput: dict[str, list[float]] = {name: [] for name in runners}
     outputs: dict[str, tuple] = {}
-    for name, (query_fn, docs_fn) in runners.items():  # warm-up (and int8 cache creation)
-        outputs[name] = (query_fn(QUERY), docs_fn(docs))
+    for name, (query_fn, docs_fn) in runners.items():  # warm-up
+        outputs[name] = (np.asarray(query_fn(QUERY)), np.asarray(docs_fn(docs)))
     for _ in range(args.query_runs):
         for name, (query_fn, _) in runners.items():
             latencies[name].append(timed(query_fn, QUERY)[0] * 1000)
     for _ in range(args.passage_runs):
         for name, (_, docs_fn) in runners.items():
-            throughput[name].append(doc_tokens / timed(docs_fn, docs)[0])
+            throughput[name].append(len(docs) / timed(docs_fn, docs)[0])
 
-    reference = "sentence-transformers fp32"
-    ref_query, ref_docs = outputs[reference]
     rss = {}
     if not args.skip_rss:
         texts_file = Path("/tmp/embeddinggemma_bench_texts.json")
         texts_file.write_text(json.dumps(docs))
-        rss = {name: child_rss(name, args.threads, texts_file) for name in runners}
+        rss = {name: child_rss(name, args.threads, args.exports, texts_file) for name in runners}
     results = {
         "date": time.strftime("%Y-%m-%d"),
-        "cpu": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
         "threads": args.threads,
         "query_tokens": query_tokens,
         "passages": len(docs),
         "passage_tokens": doc_tokens,
+        "versions": _versions(),
+        "file_mb": file_sizes(args.exports),
+        "skipped": skipped,
         "engines": {},
     }
+    ref_query, ref_docs = outputs[REFERENCE]
     for name in runners:
         query, documents = outputs[name]
         cos_docs = (documents * ref_docs).sum(1) / np.linalg.norm(documents, axis=1) / np.linalg.norm(ref_docs, axis=1)
         cos_query = float(query @ ref_query / np.linalg.norm(query) / np.linalg.norm(ref_query))
+        cosines = np.concatenate([[cos_query], cos_docs])
         lat = sorted(latencies[name])
         results["engines"][name] = {
             "query_p50_ms": statistics.median(lat),
             "query_p90_ms": lat[int(0.9 * (len(lat) - 1))],
-            "query_p99_ms": lat[int(0.99 * (len(lat) - 1))],
-            "passage_tokens_per_s": max(throughput[name]),
-            "min_cosine_vs_reference": float(min(cos_query, cos_docs.min())),
+            "passages_per_s": max(throughput[name]),
+            "passage_tokens_per_s": max(throughput[name]) * doc_tokens / len(docs),
+            "min_cosine_vs_reference": float(cosines.min()),
+            "mean_cosine_vs_reference": float(cosines.mean()),
             **({"peak_rss_mb": rss[name]["VmHWM"]} if rss else {}),
         }
-    ref = results["engines"][reference]
-    print(
-        f"CPU: {results['cpu_model']}, {args.threads} threads; query {query_tokens} tokens; "
-        f"{len(docs)} passages, {doc_tokens} tokens"
-    )
-    print(f"{'engine':<28}{'p50 ms':>9}{'p90 ms':>9}{'x':>7}{'tok/s':>9}{'x':>7}{'RSS MB':>9}{'min cos':>10}")
-    for name, row in results["engines"].items():
-        print(
-            f"{name:<28}{row['query_p50_ms']:>9.1f}{row['query_p90_ms']:>9.1f}"
-            f"{ref['query_p50_ms'] / row['query_p50_ms']:>7.2f}{row['passage_tokens_per_s']:>9.0f}"
-            f"{row['passage_tokens_per_s'] / ref['passage_tokens_per_s']:>7.2f}"
-            f"{row.get('peak_rss_mb', float('nan')):>9.0f}{row['min_cosine_vs_reference']:>10.5f}"
-        )
+    print_table(results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def print_table(results: dict) -> None:
+    ref = results["engines"][REFERENCE]
+    print(
+        f"CPU: {results['cpu_model']}, {results['threads']} threads; query {results['query_tokens']} tokens; "
+        f"{results['passages']} passages, {results['passage_tokens']} tokens; {results['date']}"
+    )
+    header = (
+        f"{'engine':<34}{'p50 ms':>8}{'p90 ms':>8}{'x':>6}{'pass/s':>8}{'x':>6}{'RSS MB':>8}{'min cos':>9}{'mean':>8}"
+    )
+    print(header)
+    for name, row in results["engines"].items():
+        print(
+            f"{name:<34}{row['query_p50_ms']:>8.1f}{row['query_p90_ms']:>8.1f}"
+            f"{ref['query_p50_ms'] / row['query_p50_ms']:>6.2f}{row['passages_per_s']:>8.2f}"
+            f"{row['passages_per_s'] / ref['passages_per_s']:>6.2f}"
+            f"{row.get('peak_rss_mb', float('nan')):>8.0f}{row['min_cosine_vs_reference']:>9.4f}"
+            f"{row['mean_cosine_vs_reference']:>8.4f}"
+        )
+    print("files (MB):", ", ".join(f"{k} {v:.0f}" for k, v in sorted(results["file_mb"].items())))
+    for name, reason in results.get("skipped", {}).items():
+        print(f"skipped {name}: {reason}")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("torch", "sentence-transformers", "onnxruntime", "openvino", "llama-cpp-python"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
 
 
 def _cpu_model() -> str:
@@ -174,4 +357,5 @@ def _cpu_model() -> str:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     main()

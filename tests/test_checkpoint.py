@@ -175,13 +175,3 @@ def test_module_paths_outside_the_checkpoint_are_refused(copy_of, path):
     (copy_of / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(CheckpointError, match="module paths must be folders inside the checkpoint directory"):
         Embedder.from_pretrained(copy_of)
-
-
-def test_truncated_int8_cache_says_how_to_rebuild(tiny_st_dir, tmp_path):
-    from embeddinggemma.quant.convert import load_int8_checkpoint
-
-    load_int8_checkpoint(tiny_st_dir, cache_dir=tmp_path)
-    (cache,) = tmp_path.glob("*/model-int8.safetensors")
-    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size - 100])
-    with pytest.raises(CheckpointError, match=r"the int8 cache is damaged: .* is truncated .*delete .* to rebuild it"):
-        load_int8_checkpoint(tiny_st_dir, cache_dir=tmp_path)

@@ -27,6 +27,7 @@ from embeddinggemma.checkpoint import CheckpointError
 from embeddinggemma.cli_options import add_model_options, load_options, positive_int
 from embeddinggemma.embedder import Embedder, resolve_device
 from embeddinggemma.eval.cli import add_eval_parser
+from embeddinggemma.export import add_export_parser
 from embeddinggemma.index.cli import add_index_parser, add_search_parser
 from embeddinggemma.records import FORMATS, TextSource
 from embeddinggemma.scale.cli import add_embed_dataset_parser
@@ -405,6 +406,7 @@ SUBCOMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
     add_embed_dataset_parser,  # embed-dataset: files on a Ray cluster (embeddinggemma.scale)
     add_index_parser,  # index: a folder into a SQLite search index
     add_search_parser,  # search: dense, BM25 or hybrid over an index
+    add_export_parser,  # export: GGUF (llama.cpp, Ollama) or ONNX (ONNX Runtime) files
 )
 
 

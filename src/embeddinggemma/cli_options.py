@@ -48,7 +48,7 @@ LOAD_OPTIONS: tuple[LoadOption, ...] = (
         "default: float32 on CPU, bfloat16 on CUDA (float16 is refused: it overflows)",
         ("float32", "bfloat16", "float16"),
     ),
-    LoadOption("--quantize", "quantize", "int8: the CPU int8 path (SmoothQuant layers, int8 embedding table)"),
+    LoadOption("--quantize", "quantize", "int8 | int4 | mixed | int8-channel: the quantized CPU runtime"),
 )
 
 

@@ -188,8 +188,9 @@ class Embedder:
 
         - `device`/`dtype`: defaults fp32 on CPU, bf16 on CUDA; float16 is refused.
         - `max_seq_length` lowers the 2048-token limit (longer inputs are truncated with a warning).
-        - `quantize="int8"`: the on-device CPU path (SmoothQuant int8 layers, int8 memory-mapped
-          embedding table, converted once into a cache; see `embeddinggemma.quant`).
+        - `quantize="int8" | "int4" | "mixed"`: the CPU path: weights rounded to GGUF's Q8_0 / Q4_0
+          blocks (mixed: int4 embeddings, feed-forward and projections, int8 attention), run by ONNX
+          Runtime; converted once into a cache that is checked on every load (see `embeddinggemma.quant`).
         - `tokenizer`: "tokenizers" (tokenizer.json, the reference), "sentencepiece" (tokenizer.model,
           same ids, ~300 MB less peak memory) or "auto" (sentencepiece with `quantize`, else tokenizers).
         - `engine`: "padded" (sorted, padded batches), "packed" (no padding: fused Triton kernels and
@@ -198,7 +199,7 @@ class Embedder:
           ("varlen", "flex", "dense"), `path` ("fused", "modules"), `compile`. On the packed engine a
           batch is bounded by `max_batch_tokens` (default 65,536) alone; `batch_size` applies to the
           padded engine.
-        - `num_threads` sets PyTorch's intra-op threads (process-wide).
+        - `num_threads` sets PyTorch's intra-op threads (process-wide) and the quantized runtime's threads.
         """
         if num_threads is not None:
             if num_threads < 1:
@@ -206,13 +207,12 @@ class Embedder:
             torch.set_num_threads(num_threads)
         resolved_device = resolve_device(device)
         if quantize is not None:
-            from embeddinggemma.quant.convert import SCHEMES, load_int8_checkpoint
+            from embeddinggemma.quant.runtime import load_quantized, runtime_scheme
 
-            if quantize not in SCHEMES:
-                raise ValueError(f"unknown quantize={quantize!r}; available: {', '.join(SCHEMES)}")
+            runtime_scheme(quantize)  # an unknown scheme fails before anything is loaded
             if resolved_device.type != "cpu" or dtype not in (None, "float32", "fp32", torch.float32):
-                raise ValueError("quantize='int8' is the CPU path: use device='cpu' and leave dtype unset")
-            model, info = load_int8_checkpoint(name_or_path, revision=revision)
+                raise ValueError(f"quantize={quantize!r} is the CPU path: use device='cpu' and leave dtype unset")
+            model, info = load_quantized(name_or_path, quantize, revision=revision, num_threads=num_threads)
             # small batches bound activation memory; on CPU they cost no throughput
             engine_options.setdefault("max_batch_tokens", 1024)
         else:
@@ -517,6 +517,8 @@ def _growing_chunks(texts: Sequence[str]) -> Iterator[list[str]]:
 def default_runner(model: EmbeddingGemma, pad_id: int, engine: str = "auto", **options) -> Runner:
     """`auto`: packed batches on CUDA (no padding; fused kernels, FlashAttention over the texts' offsets),
     sorted padded batches on CPU."""
+    if hasattr(model, "make_runner"):  # a model run by another runtime (the quantized CPU path) brings its own
+        return model.make_runner(pad_id, engine, **options)
     if engine == "auto":
         engine = "packed" if model.device.type == "cuda" else "padded"
     if engine == "padded":

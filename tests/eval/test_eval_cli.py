@@ -219,17 +219,18 @@ def test_counting_embedder_counts_the_prompted_tokens(tiny_embedder) -> None:
 def test_engine_option_is_recorded_and_compared(
     tiny_st_dir: Path, tiny_suite: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
-    """A load option (here the int8 CPU path) reaches Embedder.from_pretrained, is recorded as the
+    """A load option (here the per-channel int8 CPU path: the tiny model's rows are not blocks of 32)
+    reaches Embedder.from_pretrained, is recorded as the
     run's variant, and `compare` puts fp32 and int8 side by side."""
     monkeypatch.setenv("EMBEDDINGGEMMA_CACHE", str(tmp_path / "cache"))  # the int8 conversion cache
     common = ["--suite-dir", str(tiny_suite), "--model", str(tiny_st_dir), "--tasks", "tiny-retrieval", "--no-progress"]
     fp32, int8 = tmp_path / "fp32.json", tmp_path / "int8.json"
     assert _cli(capsys, *common, "-o", str(fp32), "--name", "fp32")[0] == 0
-    code, _, err = _cli(capsys, *common, "--quantize", "int8", "-o", str(int8), "--name", "int8")
+    code, _, err = _cli(capsys, *common, "--quantize", "int8-channel", "-o", str(int8), "--name", "int8")
     assert code == 0, err
-    assert json.loads(int8.read_text())["variant"] == {"quantize": "int8", "max_seq_length": 128}
+    assert json.loads(int8.read_text())["variant"] == {"quantize": "int8-channel", "max_seq_length": 128}
     assert json.loads(fp32.read_text())["variant"] == {"max_seq_length": 128}
     code, out, _ = _cli(capsys, "compare", str(fp32), str(int8))
     assert code == 0 and out.splitlines()[0] == "| task / metric @ dim | fp32 | int8 |"
     code, _, err = _cli(capsys, *common, "--quantize", "int3")
-    assert code == 2 and "unknown quantize='int3'" in err
+    assert code == 2 and "unknown quantization scheme 'int3'" in err

@@ -98,7 +98,7 @@ def _conversion_lock(quantize: str | None) -> Iterator[None]:
         return
     import fcntl
 
-    from embeddinggemma.quant.convert import default_cache_dir
+    from embeddinggemma.quant.runtime import default_cache_dir
 
     directory = default_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)

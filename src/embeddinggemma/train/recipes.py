@@ -43,6 +43,7 @@ __all__ = [
     "EvalConfig",
     "ModelConfig",
     "OptimConfig",
+    "QATConfig",
     "Recipe",
     "RecipeError",
     "TrainConfig",
@@ -134,6 +135,24 @@ class EvalConfig:
     batch_size: int = 32
 
 
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware training (paper section 2, ``quant/qat.py``): the forward passes see the weights
+    rounded as the exported file will hold them; the saved checkpoint keeps the float weights, whose
+    rounding (`quantize=` at load, `embeddinggemma export --scheme`) reproduces the trained one exactly."""
+
+    scheme: str | None = None  # int8 (Q8_0), int4 (Q4_0), mixed (e4_a8_f4_p4); None: no QAT
+
+    def __post_init__(self) -> None:
+        if self.scheme is not None:
+            from embeddinggemma.quant.qat import resolve_scheme
+
+            try:
+                resolve_scheme(self.scheme)
+            except ValueError as error:
+                raise RecipeError(f"qat.scheme: {error}") from None
+
+
 @with_config(ConfigDict(extra="forbid"))  # applies to every section: an unknown key is an error
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
@@ -147,6 +166,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
 
     def __post_init__(self) -> None:
         checks = [

@@ -494,6 +494,11 @@ def train_recipe(recipe: Recipe, *, loader: Any = None) -> Path:
         model, kept = student_from_model(model, recipe.model.student_layers)
         info = CheckpointInfo(path=info.path, config=model.config, prompts=info.prompts)
         logger.info("student: kept teacher layers %s", kept)
+    if recipe.qat.scheme is not None:  # fake-quantized forward passes; the same parameters are trained
+        from embeddinggemma.quant.qat import prepare_qat_
+
+        prepare_qat_(model, recipe.qat.scheme)
+        logger.info("quantization-aware training: %s", recipe.qat.scheme)
     limit = min(recipe.model.max_seq_length, info.config.max_seq_length)
     tokenizer = load_tokenizer(info.path, info.config.backbone, max_length=limit)
     loss_fn = EmbeddingGemmaLoss(recipe.loss).to(ctx.device)

@@ -1,0 +1,178 @@
+"""Exports and the quantized runtime on the tiny block model: ONNX through onnxruntime equals our
+quantized model, GGUF read back with `gguf` holds exactly our integers and scales, the conversion
+cache is rebuilt when stale or corrupt, and bad requests fail without leaving files."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from embeddinggemma import Embedder
+from embeddinggemma.cli import main as cli_main
+from embeddinggemma.engine.forward import padded_forward
+from embeddinggemma.export import export_checkpoint
+from embeddinggemma.quant import qat
+from embeddinggemma.quant.onnx_export import ACCURACY_FP32, ACCURACY_INT8
+from embeddinggemma.quant.runtime import MANIFEST_FILE, MODEL_FILE, cache_entry, load_quantized
+
+ort = pytest.importorskip("onnxruntime")
+TEXTS = ["red planet", "mars is the red planet and venus is a planet " * 3, "sort the list by key", "x"]
+
+
+def _batch(embedder: Embedder) -> tuple[torch.Tensor, torch.Tensor]:
+    from embeddinggemma.engine.batching import pad_batch
+
+    return pad_batch(embedder.tokenizer.encode(TEXTS), 0)
+
+
+@pytest.fixture(scope="module")
+def block_embedder(block_dir) -> Embedder:
+    return Embedder.from_pretrained(block_dir, device="cpu")
+
+
+def _run_onnx(path, ids, mask) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["sentence_embedding"]
+    return session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+
+
+@pytest.mark.parametrize("scheme", ["f32", "int8", "int4", "mixed"])
+def test_onnx_equals_our_quantized_model(block_dir, block_embedder, tmp_path, scheme):
+    ids, mask = _batch(block_embedder)
+    model = copy.deepcopy(block_embedder.model)
+    if scheme != "f32":
+        qat.quantize_weights_(model, scheme)
+    with torch.no_grad():
+        expected = padded_forward(model, ids, mask).numpy()
+    exact = export_checkpoint(block_dir, "onnx", tmp_path / "exact.onnx", scheme=scheme, accuracy_level=ACCURACY_FP32)
+    np.testing.assert_allclose(_run_onnx(exact, ids, mask), expected, atol=2e-6, rtol=0)
+    if scheme != "f32":  # int8 dot products: close, not exact
+        fast = export_checkpoint(block_dir, "onnx", tmp_path / "fast.onnx", scheme=scheme, accuracy_level=ACCURACY_INT8)
+        cosine = (_run_onnx(fast, ids, mask) * expected).sum(1)
+        assert cosine.min() >= 0.999
+
+
+def test_gguf_holds_our_integers_and_scales_exactly(block_dir, block_embedder, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = export_checkpoint(block_dir, "gguf", tmp_path / "m.gguf", scheme="mixed")
+    reader = gguf.GGUFReader(str(path))
+    fields = {name: field for name, field in reader.fields.items()}
+
+    def value(key):
+        field = fields[key]
+        return field.contents()
+
+    assert value("general.architecture") == "gemma-embedding"
+    assert value("gemma-embedding.pooling_type") == gguf.PoolingType.MEAN
+    assert value("gemma-embedding.attention.sliding_window") == 6
+    assert value("gemma-embedding.dense_2_feat_in") == 64 and value("gemma-embedding.dense_2_feat_out") == 160
+    assert value("gemma-embedding.dense_3_feat_in") == 160 and value("gemma-embedding.dense_3_feat_out") == 96
+    assert value("embeddinggemma.prompt.query") == "task: search result | query: "
+    assert value("tokenizer.ggml.add_bos_token") and value("tokenizer.ggml.add_eos_token")
+    assert len(value("tokenizer.ggml.tokens")) == 99
+
+    model = qat.quantize_weights_(copy.deepcopy(block_embedder.model), "mixed")
+    expected = {
+        "token_embd.weight": ("Q4_0", model.encoder.embed_tokens.weight),
+        "blk.1.attn_q.weight": ("Q8_0", model.encoder.layers[1].self_attn.q_proj.weight),
+        "blk.2.attn_output.weight": ("Q8_0", model.encoder.layers[2].self_attn.o_proj.weight),
+        "blk.0.ffn_down.weight": ("Q4_0", model.encoder.layers[0].mlp.down_proj.weight),
+        "dense_2.weight": ("Q4_0", model.dense[0].weight),
+        "dense_3.weight": ("Q4_0", model.dense[1].weight),
+        "blk.0.attn_norm.weight": ("F32", 1 + model.encoder.layers[0].input_layernorm.weight.detach()),
+        "output_norm.weight": ("F32", 1 + model.encoder.norm.weight.detach()),
+    }
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == 1 + 3 * (7 + 6) + 1 + 2  # table, 7 weights + 6 norms per layer, final norm, dense
+    for name, (kind, weight) in expected.items():
+        tensor = tensors[name]
+        assert tensor.tensor_type.name == kind, name
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(weight.shape)
+        np.testing.assert_array_equal(values, weight.float().numpy(), err_msg=name)
+
+
+def test_export_refuses_bad_requests_and_leaves_nothing(block_dir, tiny_st_dir, tmp_path):
+    existing = tmp_path / "taken.onnx"
+    existing.write_text("keep me")
+    with pytest.raises(ValueError, match="exists; choose another path or pass --force"):
+        export_checkpoint(block_dir, "onnx", existing)
+    assert existing.read_text() == "keep me"
+    with pytest.raises(ValueError, match="unknown quantization scheme 'int2'"):
+        export_checkpoint(block_dir, "gguf", tmp_path / "a.gguf", scheme="int2")
+    with pytest.raises(ValueError, match="gguf cannot hold the int8-channel scheme"):
+        export_checkpoint(block_dir, "gguf", tmp_path / "a.gguf", scheme="int8-channel")
+    with pytest.raises(ValueError, match="rows of 48 values cannot be split into q8_0 blocks"):
+        export_checkpoint(tiny_st_dir, "gguf", tmp_path / "a.gguf", scheme="int8")
+    with pytest.raises(FileNotFoundError, match=r"tokenizer\.model is missing"):
+        export_checkpoint(tiny_st_dir, "gguf", tmp_path / "a.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.onnx"], "no partial files left behind"
+
+
+def test_export_cli(block_dir, tmp_path, capsys):
+    out = tmp_path / "m.gguf"
+    assert cli_main(["export", "gguf", "--model", str(block_dir), "--scheme", "int4", "-o", str(out)]) == 0
+    assert out.exists() and capsys.readouterr().out.strip() == str(out)
+    assert cli_main(["export", "gguf", "--model", str(block_dir), "--scheme", "int4", "-o", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_quantized_embedder_runs_onnx_and_caches_the_conversion(
+    block_dir, block_embedder, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("EMBEDDINGGEMMA_CACHE", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING"):
+        int4 = Embedder.from_pretrained(block_dir, quantize="int4", num_threads=1, tokenizer="tokenizers")
+    assert "no conversion cached yet" in caplog.text
+    reference = qat.quantize_weights_(copy.deepcopy(block_embedder.model), "int4")
+    expected = Embedder(reference, block_embedder.tokenizer, block_embedder.prompts).encode_query(TEXTS)
+    got = int4.encode_query(TEXTS)
+    assert (got * expected).sum(1).min() >= 0.999
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    raw = int4.encode_query(TEXTS, normalize=False, dim=48)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+
+    entry = cache_entry(block_dir, "int4", tmp_path / "cache" / "embeddinggemma" / "quantized")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = Embedder.from_pretrained(block_dir, quantize="int4", tokenizer="tokenizers")
+    assert caplog.text == "", "a valid cache is used silently"
+    np.testing.assert_array_equal(again.encode_query(TEXTS), got)
+
+    model_file = entry / MODEL_FILE
+    model_file.write_bytes(model_file.read_bytes()[:-10] + b"0123456789")  # corrupt in place
+    with caplog.at_level("WARNING"):
+        load_quantized(block_dir, "int4")
+    assert "does not match its recorded SHA-256" in caplog.text
+    caplog.clear()
+    weights = block_dir / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # the checkpoint changed
+    with caplog.at_level("WARNING"):
+        load_quantized(block_dir, "int4")
+    assert "changed since it was converted (stale)" in caplog.text
+    manifest = json.loads((entry / MANIFEST_FILE).read_text())
+    assert manifest["scheme"] == "int4" and len(manifest["sha256"]) == 64
+
+
+def test_quantized_embedder_bad_requests(block_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDDINGGEMMA_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="unknown quantization scheme 'int5'"):
+        Embedder.from_pretrained(block_dir, quantize="int5")
+    with pytest.raises(ValueError, match="CPU path"):
+        Embedder.from_pretrained(block_dir, quantize="int8", dtype="bfloat16")
+    assert not (tmp_path / "cache").exists(), "nothing converted for a refused request"
+
+
+def test_per_channel_runtime_holds_any_shape(tiny_st_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDDINGGEMMA_CACHE", str(tmp_path / "cache"))
+    int8 = Embedder.from_pretrained(tiny_st_dir, quantize="int8-channel")  # rows of 48: no blocks of 32
+    assert int8.encode_query(TEXTS).shape == (4, 40)
+    with pytest.raises(ValueError, match="rows of 48 values cannot be split into q8_0 blocks"):
+        Embedder.from_pretrained(tiny_st_dir, quantize="int8")
+    with pytest.raises(ValueError, match="quantized model"):
+        int8.save(tmp_path / "out")
