@@ -383,7 +383,8 @@ def test_sigint_says_what_was_written(tiny_st_dir, tmp_path):
     rows = [first, *rest.splitlines()]
     assert [json.loads(row)["index"] for row in rows] == list(range(len(rows)))  # complete rows only
     err = process.stderr.read().decode()
-    assert err == f"embeddinggemma embed: interrupted; {len(rows):,} complete rows had been written to stdout\n"
+    written = f"{len(rows):,} complete row{'' if len(rows) == 1 else 's'}"
+    assert err == f"embeddinggemma embed: interrupted; {written} had been written to stdout\n"
     assert files(tmp_path) == ["in.txt"]
 
 
@@ -412,7 +413,7 @@ def run_on_terminal(*args: object, stdin_file: Path | None = None) -> tuple[int,
                 stdin=stdin,
                 stdout=subprocess.DEVNULL,
                 stderr=follower,
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DELAY": "0"},  # the bar even on a fast machine
                 timeout=300,
                 check=False,
             )
@@ -567,4 +568,5 @@ def test_subcommands_are_listed(capsys):
         "embed-dataset",
         "index",
         "search",
+        "export",
     ]

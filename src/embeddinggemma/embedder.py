@@ -8,6 +8,7 @@ padding, and results come back in input order.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -370,8 +371,6 @@ class Embedder:
         otherwise `task`/`prompt` as in `encode`. The next chunk is tokenised in a background thread
         while the model embeds the current one.
         """
-        from tqdm.auto import tqdm
-
         if isinstance(texts, str):
             raise TypeError("encode_stream takes an iterable of strings; use encode() for a single string")
         check_ordered(texts)
@@ -403,7 +402,7 @@ class Embedder:
                 prompted = [fixed_prompt + text for text, _ in chunk]
             return self.tokenizer.encode(prompted, on_truncation=on_truncation, first_index=first)
 
-        with tqdm(disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
+        with _progress_bar(None, show_progress) as bar:
             for token_ids in prefetch_map(tokenize, chunked(pairs, chunk_size)):
                 embeddings = self.runner.embed(token_ids, max_texts=batch_size, progress=bar.update)
                 yield matryoshka_truncate(embeddings, dim, normalize=normalize).numpy()
@@ -441,8 +440,6 @@ class Embedder:
         self, texts: Sequence[str], *, show_progress: bool, on_truncation: OnTruncation
     ) -> torch.Tensor:
         """Tokenise chunk k+1 on a host thread while the device embeds chunk k (GPU engine)."""
-        from tqdm.auto import tqdm
-
         offset = 0
 
         def tokenize(chunk: list[str]) -> list[list[int]]:  # chunks arrive in order, one at a time
@@ -450,7 +447,7 @@ class Embedder:
             first, offset = offset, offset + len(chunk)
             return self.tokenizer.encode(chunk, on_truncation=on_truncation, first_index=first)
 
-        with tqdm(total=len(texts), disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
+        with _progress_bar(len(texts), show_progress) as bar:
             token_chunks = prefetch_map(tokenize, _growing_chunks(texts))
             return torch.cat(list(self.runner.embed_chunks(token_chunks, progress=bar.update)))
 
@@ -458,9 +455,7 @@ class Embedder:
         self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 32, show_progress: bool = False
     ) -> torch.Tensor:
         """Un-normalised full-width embeddings (N, E), fp32 on CPU, in input order."""
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(token_ids), disable=not show_progress, unit="text", desc="embedding", delay=0.5) as bar:
+        with _progress_bar(len(token_ids), show_progress) as bar:
             return self.runner.embed(token_ids, max_texts=batch_size, progress=bar.update)
 
     def _check_dim(self, dim: int | None) -> int:
@@ -526,3 +521,12 @@ def default_runner(model: EmbeddingGemma, pad_id: int, engine: str = "auto", **o
     if engine == "packed":
         return PackedRunner(model, pad_id=pad_id, **options)
     raise ValueError(f"engine must be 'auto', 'padded' or 'packed', got {engine!r}")
+
+
+def _progress_bar(total: int | None, show: bool):
+    """tqdm's bar, drawn after half a second so quick calls stay quiet; tqdm's own TQDM_DELAY
+    environment variable, when set, decides instead."""
+    from tqdm.auto import tqdm
+
+    delay = {} if "TQDM_DELAY" in os.environ else {"delay": 0.5}
+    return tqdm(total=total, disable=not show, unit="text", desc="embedding", **delay)
