@@ -54,10 +54,10 @@ def _dense_methods(values: list[str] | None) -> tuple[str, ...] | None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    _require_index_extra()  # before the imports that need it
     from embeddinggemma.index.indexer import IndexOptions, index_folder
     from embeddinggemma.index.store import IndexStore
 
-    _require_index_extra()
     if args.max_file_mb <= 0:
         raise ValueError(f"--max-file-mb must be positive, got {args.max_file_mb}")
     model = args.model
