@@ -28,7 +28,16 @@ _HOMES = {
     "reciprocal_rank_fusion": "searcher",
     "IndexMismatchError": "settings",
 }
-__all__ = sorted(_HOMES)
+__all__ = [
+    "MODES",
+    "IndexMismatchError",
+    "IndexOptions",
+    "IndexReport",
+    "SearchResult",
+    "Searcher",
+    "index_folder",
+    "reciprocal_rank_fusion",
+]
 
 
 def __getattr__(name: str) -> Any:
