@@ -77,14 +77,14 @@ class BaseTokenizer:
         """
         if on_truncation not in ("warn", "error"):
             raise ValueError(f"on_truncation must be 'warn' or 'error', got {on_truncation!r}")
-        ids_list = self._encode_raw(list(texts))
-        too_long = [i for i, ids in enumerate(ids_list) if len(ids) > self.max_length]
+        ids_list, lengths = self.encode_counted(texts, first_index=first_index)
+        too_long = [i for i, length in enumerate(lengths) if length > self.max_length]
         if too_long:
             report = dict(
                 count=len(too_long),
                 total=len(ids_list),
                 limit=self.max_length,
-                longest=max(len(ids_list[i]) for i in too_long),
+                longest=max(lengths[i] for i in too_long),
                 first=first_index + too_long[0],
             )
             rows = f" (rows {first_index}-{first_index + len(ids_list) - 1})" if first_index else ""
@@ -97,7 +97,18 @@ class BaseTokenizer:
                     message + "; shorten or chunk them, or pass on_truncation='warn' to cut them", **report
                 )
             warnings.warn(TruncationWarning(message + "; they were truncated", **report), stacklevel=3)
-            for i in too_long:
+        return ids_list
+
+    def encode_counted(self, texts: Sequence[str], *, first_index: int = 0) -> tuple[list[list[int]], list[int]]:
+        """(token ids cut to `max_length` with EOS kept last, each text's token count before the cut).
+
+        For callers that report truncation themselves (the HTTP server answers 413, or says in a header
+        how many inputs were cut); `encode` warns or raises instead. `first_index` as in `encode`.
+        """
+        ids_list = self._encode_raw(list(texts))
+        lengths = [len(ids) for ids in ids_list]
+        for i, length in enumerate(lengths):
+            if length > self.max_length:
                 ids_list[i] = [*ids_list[i][: self.max_length - 1], self.eos_id]
         for i, ids in enumerate(ids_list):
             if max(ids) >= self.vocab_size:
@@ -106,7 +117,7 @@ class BaseTokenizer:
                     f"input {first_index + i} contains token(s) {bad} that the tokenizer knows but the model's "
                     f"{self.vocab_size}-entry embedding table does not; remove them from the text"
                 )
-        return ids_list
+        return ids_list, lengths
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts with BOS/EOS, before truncation."""
