@@ -31,6 +31,7 @@ from embeddinggemma.export import add_export_parser
 from embeddinggemma.index.cli import add_index_parser, add_search_parser
 from embeddinggemma.records import FORMATS, TextSource
 from embeddinggemma.scale.cli import add_embed_dataset_parser
+from embeddinggemma.serve.cli import add_serve_parser
 from embeddinggemma.tokenizer import TruncationError, TruncationWarning
 from embeddinggemma.train.cli import add_soup_parser, add_student_parser, add_train_parser
 from embeddinggemma.writers import OUTPUT_SUFFIXES, JsonlWriter, NpyWriter, check_output_path, open_writer
@@ -407,6 +408,7 @@ SUBCOMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
     add_index_parser,  # index: a folder into a SQLite search index
     add_search_parser,  # search: dense, BM25 or hybrid over an index
     add_export_parser,  # export: GGUF (llama.cpp, Ollama) or ONNX (ONNX Runtime) files
+    add_serve_parser,  # serve: the HTTP embedding server (OpenAI, TEI), optionally with an index's search
 )
 
 
