@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from embeddinggemma.serve.batching import Batcher, QueueFullError
+from embeddinggemma.serve.batching import Batcher, InferenceError, QueueFullError
 
 
 def _ids(length: int, first: int = 5) -> list[int]:
@@ -84,6 +84,25 @@ def test_worker_scatters_rows_back_to_each_request_in_order():
         await batcher.stop()
 
     random.seed(0)
+    asyncio.run(scenario())
+
+
+def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on():
+    def embed(token_ids):
+        if any(len(ids) == 7 for ids in token_ids):
+            raise RuntimeError("out of memory")
+        return torch.zeros(len(token_ids), 4)
+
+    async def scenario():
+        batcher = Batcher(embed, max_batch_tokens=7, max_batch_texts=100, max_queue_tokens=10_000)
+        batcher.start()
+        doomed, fine = batcher.submit([_ids(7)]), batcher.submit([_ids(5)])
+        with pytest.raises(InferenceError, match="RuntimeError: out of memory"):
+            await doomed.future
+        assert (await fine.future).shape == (1, 4)
+        assert batcher.alive and batcher.queued_tokens == 0
+        await batcher.stop()
+
     asyncio.run(scenario())
 
 

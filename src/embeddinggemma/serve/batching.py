@@ -196,32 +196,33 @@ class Batcher:
     # -- worker ------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = self.take_batch()
             if not batch:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            token_ids = [job.token_ids[i] for job, i in batch]
-            started = time.perf_counter()
-            for job, _ in batch:
-                if job.started_at is None:
-                    job.started_at = started
-                    if self.metrics:
-                        self.metrics.queue_seconds.observe(job.queue_seconds)
             try:
-                embeddings = await loop.run_in_executor(self._executor, self._embed, token_ids)
-            except Exception as exc:
-                logger.exception("the engine failed on a batch of %d inputs", len(batch))
+                await self._process(batch)
+            except Exception as exc:  # the worker must outlive any batch: fail its requests, keep serving
+                logger.exception("embedding a batch of %d inputs failed", len(batch))
                 for job in {job for job, _ in batch}:
                     if not job.future.done():
                         self._drop(job)
-                        job.future.set_exception(InferenceError(f"embedding failed: {exc}"))
-                continue
-            seconds = time.perf_counter() - started
-            self._record(batch, token_ids, seconds)
-            self._scatter(batch, embeddings, seconds)
+                        job.future.set_exception(InferenceError(f"embedding failed: {type(exc).__name__}: {exc}"))
+
+    async def _process(self, batch: list[tuple[Job, int]]) -> None:
+        token_ids = [job.token_ids[i] for job, i in batch]
+        started = time.perf_counter()
+        for job, _ in batch:
+            if job.started_at is None:
+                job.started_at = started
+                if self.metrics:
+                    self.metrics.queue_seconds.observe(job.queue_seconds)
+        embeddings = await asyncio.get_running_loop().run_in_executor(self._executor, self._embed, token_ids)
+        seconds = time.perf_counter() - started
+        self._record(batch, token_ids, seconds)
+        self._scatter(batch, embeddings, seconds)
 
     def _record(self, batch: list[tuple[Job, int]], token_ids: list[Sequence[int]], seconds: float) -> None:
         tokens = sum(len(ids) for ids in token_ids)
