@@ -182,6 +182,26 @@ def test_full_server_is_429_with_retry_after_and_a_gone_client_frees_its_slot(ti
         assert c.post("/embed", json={"inputs": "red"}).status_code == 200
 
 
+def test_full_queue_is_429_with_retry_after(tiny_embedder, live_server):
+    import json
+    import threading
+
+    big = [f"{'red planet ' * 15}{i}" for i in range(256)]
+    tokens = sum(map(len, tiny_embedder.tokenizer.encode([tiny_embedder.prompts["query"] + t for t in big])))
+    settings = {"max_batch_tokens": 64, "max_queue_tokens": tokens}
+    with live_server(tiny_embedder, **settings) as url, httpx.Client(base_url=url, timeout=120) as c:
+        result: dict = {}
+        sender = threading.Thread(target=lambda: result.update(big=c.post("/embed", json={"inputs": big})))
+        sender.start()
+        _wait_for(lambda: _metric(c, "embeddinggemma_queue_tokens") > 0)
+        # fits the queue on its own, but not next to the 3/4 of the big request still waiting
+        error = error_of(busy := c.post("/embed", json={"inputs": big[: len(big) * 3 // 4]}), 429)
+        assert error["code"] == "queue_full" and "tokens waiting" in error["message"]
+        assert 1 <= int(busy.headers["retry-after"]) <= 60
+        sender.join(120)
+        assert result["big"].status_code == 200 and len(json.loads(result["big"].content)) == 256
+
+
 def test_client_gone_while_queued_drops_its_work(tiny_embedder, live_server):
     import json
 
