@@ -8,15 +8,15 @@ burst beyond the server's queue (429s, no 5xx, bounded memory).
 Every scenario is bounded: at most `--requests` requests and `--seconds` seconds of sending (requests still
 running `--grace` seconds later are cancelled, i.e. their clients disconnect, and counted as such). Clients
 are closed-loop: each sends one text per request (`/v1/embeddings`, base64, as OpenAI's client does) and
-the next as soon as the answer arrives. The baseline runs first, in this process, before the server starts;
-the server is a separate process so the load generator does not share its interpreter.
+the next as soon as the answer arrives. The baseline runs in this process, in a slice right before each
+scenario (so "vs one at a time" compares like with like on a busy machine); the server is a separate
+process so the load generator does not share its interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import platform
@@ -60,25 +60,44 @@ def summarize(latencies: list[float], elapsed: float, statuses: Counter, cancell
     }
 
 
-def baseline(texts: list[str], kind: str, args: argparse.Namespace) -> dict:
-    """One request at a time through `Embedder.encode` in this process (the model is freed on return)."""
-    import torch
+class Baseline:
+    """`Embedder.encode`, one request at a time, in this process. A slice of it runs right before each
+    server scenario (the server idles meanwhile), so a change in the machine's load between the two
+    cannot fake a ratio; the baseline row pools the slices."""
 
-    from embeddinggemma import Embedder
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torch
 
-    torch.set_num_threads(args.threads)
-    embedder = Embedder.from_pretrained(args.model, **server_load_options(args.serve_args))
-    encode = embedder.encode_query if kind == "queries" else (lambda text: embedder.encode_document([text]))
-    warnings.simplefilter("ignore")  # over-long passages are cut, as the server does on request
-    for text in texts[:3]:
-        encode(text)  # warm-up
-    latencies: list[float] = []
-    started = time.perf_counter()
-    while len(latencies) < args.requests and time.perf_counter() - started < args.seconds:
-        begin = time.perf_counter()
-        encode(texts[len(latencies) % len(texts)])
-        latencies.append(time.perf_counter() - begin)
-    return summarize(latencies, time.perf_counter() - started, Counter())
+        from embeddinggemma import Embedder
+
+        torch.set_num_threads(args.threads)
+        warnings.simplefilter("ignore")  # over-long passages are cut, as the server does on request
+        self.embedder = Embedder.from_pretrained(args.model, **server_load_options(args.serve_args))
+        self.latencies: dict[str, list[float]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def run(self, texts: list[str], kind: str, seconds: float, max_requests: int) -> float:
+        """One slice; returns its throughput (requests/s)."""
+        embedder = self.embedder
+        encode = embedder.encode_query if kind == "queries" else (lambda text: embedder.encode_document([text]))
+        if kind not in self.latencies:
+            for text in texts[:3]:
+                encode(text)  # warm-up
+            self.latencies[kind], self.seconds[kind] = [], 0.0
+        latencies = self.latencies[kind]
+        count = 0
+        started = time.perf_counter()
+        while count < max_requests and time.perf_counter() - started < seconds:
+            begin = time.perf_counter()
+            encode(texts[len(latencies) % len(texts)])
+            latencies.append(time.perf_counter() - begin)
+            count += 1
+        elapsed = time.perf_counter() - started
+        self.seconds[kind] += elapsed
+        return count / elapsed
+
+    def summary(self, kind: str) -> dict:
+        return summarize(self.latencies[kind], self.seconds[kind], Counter())
 
 
 def server_load_options(serve_args: list[str]) -> dict:
@@ -195,6 +214,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch threads, both sides")
     parser.add_argument("--requests", type=int, default=256, help="at most this many requests per scenario")
     parser.add_argument("--seconds", type=float, default=60, help="at most this long sending, per scenario")
+    parser.add_argument("--baseline-seconds", type=float, default=20, help="one-at-a-time slice before each scenario")
     parser.add_argument("--grace", type=float, default=60, help="then this long for answers still due")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--kinds", nargs="+", choices=["queries", "passages"], default=["queries", "passages"])
@@ -213,25 +233,27 @@ def main() -> int:
         "baseline": {},
         "scenarios": [],
     }
-    for kind in args.kinds:
-        results["baseline"][kind] = baseline(workloads[kind], kind, args)
-        print(f"baseline {kind}: {fmt(results['baseline'][kind])}", file=sys.stderr, flush=True)
-    gc.collect()  # the baseline's model is gone before the server loads its own
-
+    base = Baseline(args)
     process, url = start_server(args)
     try:
         results["rss_start"] = rss_mb(process.pid)
         for kind in args.kinds:
             for clients in args.clients:
+                adjacent = base.run(workloads[kind], kind, args.baseline_seconds, args.requests)
                 before = server_counters(url)
                 scenario = asyncio.run(closed_loop(url, workloads[kind], kind, clients, args))
                 after = server_counters(url)
                 batches = after["embeddinggemma_batch_texts_count"] - before["embeddinggemma_batch_texts_count"]
                 texts = after["embeddinggemma_batch_texts_sum"] - before["embeddinggemma_batch_texts_sum"]
                 scenario.update(kind=kind, clients=clients, mean_batch_texts=texts / batches if batches else 0.0)
-                scenario["vs_baseline"] = scenario["throughput"] / results["baseline"][kind]["throughput"]
+                scenario.update(baseline_throughput=adjacent, vs_baseline=scenario["throughput"] / adjacent)
                 results["scenarios"].append(scenario)
-                print(f"{kind} x{clients}: {fmt(scenario)}", file=sys.stderr, flush=True)
+                print(
+                    f"{kind} x{clients}: {fmt(scenario)}; one at a time just before: {adjacent:.2f}/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            results["baseline"][kind] = base.summary(kind)
         results["rss_before_burst"] = rss_mb(process.pid)
         if args.burst:
             results["burst"] = asyncio.run(burst(url, args.burst, args.model))
@@ -278,7 +300,7 @@ def table(results: dict) -> str:
     lines = [
         f"{results['date']}, {results['cpu']}, {results['threads']} threads; command: {results['command']}",
         "",
-        "| workload | clients | completed | requests/s | vs one-at-a-time | mean batch | p50 | p90 | p99 | statuses |",
+        "| workload | clients | completed | requests/s | vs one at a time (slice just before) | mean batch | p50 | p90 | p99 | statuses |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for kind, base in results["baseline"].items():
