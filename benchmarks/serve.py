@@ -300,7 +300,8 @@ def table(results: dict) -> str:
     lines = [
         f"{results['date']}, {results['cpu']}, {results['threads']} threads; command: {results['command']}",
         "",
-        "| workload | clients | completed | requests/s | vs one at a time (slice just before) | mean batch | p50 | p90 | p99 | statuses |",
+        "| workload | clients | completed | requests/s | vs one at a time (slice just before) | mean batch "
+        "| p50 | p90 | p99 | statuses |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for kind, base in results["baseline"].items():

@@ -18,7 +18,8 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from embeddinggemma.embedder import Embedder, finish_embeddings
+from embeddinggemma.embedder import Embedder
+from embeddinggemma.matryoshka import matryoshka_truncate
 from embeddinggemma.prompts import UnknownTaskError, document_prompt
 from embeddinggemma.serve.batching import Batcher, InferenceError, QueueFullError
 from embeddinggemma.serve.errors import ClientDisconnectedError, RequestError
@@ -259,7 +260,7 @@ class EmbeddingService:
                 code="request_too_large",
             )
         embeddings, queue_seconds, inference_seconds = await self._run(token_ids, request)
-        finished = finish_embeddings(embeddings, dim, normalize).numpy()
+        finished = matryoshka_truncate(embeddings, dim, normalize=normalize).numpy()
         return EmbedResult(
             finished,
             prompt_tokens=tokens,
