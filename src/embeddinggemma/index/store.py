@@ -92,7 +92,11 @@ class IndexStore:
             )
         # autocommit mode: transactions are explicit (see `transaction`)
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=DELETE")
+        try:  # the first statement is where SQLite finds that a file is not a database
+            self.conn.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise NotAnIndexError(f"{self.path} is not an embeddinggemma index ({exc})") from None
         self.conn.execute("PRAGMA synchronous=NORMAL")
         if create:
             with self.transaction():
