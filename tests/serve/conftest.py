@@ -20,7 +20,7 @@ def tiny_embedder(tiny_st_dir) -> Embedder:
 
 
 @contextmanager
-def _live_server(embedder: Embedder, *, extra_routers=(), **settings) -> Iterator[str]:
+def _live_server(embedder: Embedder, *, extra_routers=(), searcher=None, **settings) -> Iterator[str]:
     """The real app under uvicorn on a loopback port; yields its base URL and drains it on exit."""
     import uvicorn
 
@@ -28,7 +28,7 @@ def _live_server(embedder: Embedder, *, extra_routers=(), **settings) -> Iterato
     from embeddinggemma.serve.cli import bind_socket
 
     settings.setdefault("model_name", "tiny")
-    app = create_app(embedder, ServeSettings(**settings), extra_routers=extra_routers)
+    app = create_app(embedder, ServeSettings(**settings), extra_routers=extra_routers, searcher=searcher)
     sock = bind_socket("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -7,23 +7,31 @@ router in an app of its own (tests, or serving an index alone under any ASGI ser
     -> {"results": [{"path": "library/argparse.rst", "line": 12, "title": "...", "snippet": "...",
                      "score": 0.03}, ...]}
 
-Searching runs the model, so the handlers are plain functions: FastAPI runs them in its thread pool
-and the event loop stays free; the :class:`Searcher` serialises access to its database connection.
+Searching runs the model and the database in FastAPI's thread pool, so the event loop stays free; the
+:class:`Searcher` serialises access to its database connection. A server with its own batching queue
+passes ``embed_query`` (an async function of the query and its task): queries are then embedded
+through that queue, together with the server's other requests, and only the lookup runs in the thread
+pool.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from embeddinggemma.index.searcher import Searcher
 
 __all__ = ["MAX_K", "SearchRequest", "create_app", "create_router"]
 
 MAX_K = 100
+
+# (query, task) -> the query's embedding with that task's prompt: full width or the index's dim
+EmbedQuery = Callable[[str, str], Awaitable[Any]]
 
 
 class SearchRequest(BaseModel):
@@ -88,7 +96,10 @@ form.addEventListener("submit", async (event) => {
       body: JSON.stringify({query: query, k: 10, mode: mode}),
     });
     const body = await response.json();
-    if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : response.statusText);
+    if (!response.ok) {
+      const reason = typeof body.detail === "string" ? body.detail : body.error && body.error.message;
+      throw new Error(reason || response.statusText);
+    }
     for (const r of body.results) {
       const item = document.createElement("li");
       const where = r.page ? `${r.path}#page=${r.page}:${r.line}` : `${r.path}:${r.line}`;
@@ -110,8 +121,12 @@ form.addEventListener("submit", async (event) => {
 """
 
 
-def create_router(searcher: Searcher) -> APIRouter:
-    """``GET /`` (the page) and ``POST /search`` over one open :class:`Searcher`."""
+def create_router(searcher: Searcher, embed_query: EmbedQuery | None = None) -> APIRouter:
+    """``GET /`` (the page) and ``POST /search`` over one open :class:`Searcher`.
+
+    ``embed_query``: embeds dense and hybrid queries instead of ``searcher.embedder`` (which still
+    vouches that the index was built with this model); a ``ValueError`` it raises is a 400.
+    """
     router = APIRouter()
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -119,11 +134,16 @@ def create_router(searcher: Searcher) -> APIRouter:
         return PAGE
 
     @router.post("/search")
-    def search(request: SearchRequest) -> dict[str, Any]:
+    async def search(request: SearchRequest) -> dict[str, Any]:
         if request.mode != "bm25" and searcher.embedder is None:
             raise HTTPException(400, detail="this server has no model loaded; use mode 'bm25'")
+        vector = None
         try:
-            results = searcher.search(request.query, k=request.k, mode=request.mode, task=request.task)
+            if embed_query is not None and request.mode != "bm25" and request.query.strip():
+                vector = await embed_query(request.query, request.task)
+            results = await run_in_threadpool(
+                searcher.search, request.query, k=request.k, mode=request.mode, task=request.task, vector=vector
+            )
         except ValueError as exc:  # an empty query after trimming, an unknown task
             raise HTTPException(400, detail=str(exc)) from None
         return {"results": [r.to_json() for r in results]}

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, FastAPI
@@ -27,9 +27,12 @@ from embeddinggemma.embedder import Embedder
 from embeddinggemma.serve.errors import ClientDisconnectedError, RequestError, error_response
 from embeddinggemma.serve.metrics import ServeMetrics
 from embeddinggemma.serve.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
-from embeddinggemma.serve.schemas import EmbeddingsRequest, EmbedRequest, to_inputs
+from embeddinggemma.serve.schemas import EmbeddingsRequest, EmbedRequest, Inputs, to_inputs
 from embeddinggemma.serve.service import EmbeddingService, EmbedResult, FieldNames
 from embeddinggemma.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from embeddinggemma.index.searcher import Searcher
 
 logger = logging.getLogger(__name__)
 
@@ -241,15 +244,41 @@ def server_info(service: EmbeddingService) -> dict[str, Any]:
     }
 
 
+def index_router(service: EmbeddingService, searcher: Searcher) -> APIRouter:
+    """The index's search page (`GET /`) and `POST /search`, its queries embedded through the shared queue."""
+    from embeddinggemma.index.web import create_router
+
+    async def embed_query(query: str, task: str) -> np.ndarray:
+        with service.slot():  # a search holds a request slot like any embedding request (429 when full)
+            try:
+                # cut like the offline Searcher's encode_query (which truncates with a warning); full width,
+                # normalised: the Searcher cuts it to the index's dim and normalises again
+                result = await service.embed(Inputs(texts=[query]), task=task, truncate=True)
+            except RequestError as exc:
+                if exc.status != 422:  # 429 and 500 keep their status; an unknown task is the index's 400
+                    raise
+                raise ValueError(exc.message) from None
+        return result.embeddings[0]
+
+    return create_router(searcher, embed_query=embed_query)
+
+
 def create_app(
-    embedder: Embedder, settings: ServeSettings | None = None, *, extra_routers: Iterable[APIRouter] = ()
+    embedder: Embedder,
+    settings: ServeSettings | None = None,
+    *,
+    extra_routers: Iterable[APIRouter] = (),
+    searcher: Searcher | None = None,
 ) -> FastAPI:
     """The server app around a loaded `Embedder`. `extra_routers` are included after ours, behind the same
     API keys, body limit and metrics; their routes find the shared `EmbeddingService` at
-    `request.app.state.service`."""
+    `request.app.state.service`. `searcher` (an open index, searched with this `embedder`) mounts the
+    index's `POST /search` and search page at `/`."""
     settings = settings or ServeSettings()
     metrics = ServeMetrics()
     service = EmbeddingService(embedder, settings, metrics)
+    if searcher is not None:
+        extra_routers = [*extra_routers, index_router(service, searcher)]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -11,9 +12,10 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from embeddinggemma.checkpoint import DEFAULT_MODEL
+from embeddinggemma.cli_options import add_model_options, load_options, positive_int
 from embeddinggemma.serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -28,8 +30,6 @@ class ServeUsageError(ValueError):
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `serve` on the main parser's subcommands."""
-    from embeddinggemma.eval.cli import LOAD_OPTIONS
-
     defaults = ServeSettings()
     parser = subparsers.add_parser(
         "serve",
@@ -37,11 +37,10 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Serve embeddings over HTTP with dynamic batching. Binds 127.0.0.1 unless told otherwise; "
         f"API keys come from --api-key or ${API_KEY_ENV} (comma-separated).",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local checkpoint directory")
-    for option in LOAD_OPTIONS:
-        option.add_to(parser)
-    parser.add_argument("--max-seq-length", type=int, default=None, help="token limit (default: the model's 2048)")
-    parser.add_argument("--num-threads", type=int, default=None, help="PyTorch threads (default: PyTorch's choice)")
+    add_model_options(parser)
+    parser.add_argument(
+        "--num-threads", type=positive_int, default=None, help="PyTorch threads (default: PyTorch's choice)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
     parser.add_argument("--served-model-name", default=None, help="the `model` id clients send (default: --model)")
@@ -102,6 +101,14 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="on SIGTERM, seconds to wait for in-flight requests (default: wait for all of them)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    parser.add_argument(
+        "--index",
+        type=Path,
+        default=None,
+        metavar="DB",
+        help="also serve this index (`embeddinggemma index`): POST /search and a search page at /; "
+        "it must have been built with --model",
+    )
     parser.set_defaults(func=cmd_serve)
     return parser
 
@@ -171,8 +178,6 @@ def _uvicorn_server():
 
 
 def _check_installed() -> None:
-    import importlib.util
-
     missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(name) is None]
     if missing:
         raise ServeUsageError(f"the server needs {', '.join(missing)}: pip install 'embeddinggemma[serve]'")
@@ -195,25 +200,40 @@ def _check_default_task(model: str, task: str | None) -> None:
         ) from None
 
 
+def _check_index(path: Path) -> None:
+    """Before the weights load: the file is a finished index (the model check needs the model: later)."""
+    if importlib.util.find_spec("pathspec") is None:  # the first of the index extra's packages it imports
+        raise ServeUsageError("--index needs the index extra: pip install 'embeddinggemma[index]'")
+    from embeddinggemma.index import Searcher
+
+    Searcher(path).close()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from embeddinggemma.embedder import Embedder, resolve_device
-    from embeddinggemma.eval.cli import LOAD_OPTIONS
 
     _check_installed()
     device_type = resolve_device(args.device).type
     settings = settings_from_args(args, device_type)  # refuses bad limits before anything is loaded
     if not settings.api_keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s without an API key: anyone who reaches this address can use it", args.host)
+    if args.index is not None:
+        _check_index(args.index)
     sock = bind_socket(args.host, args.port)
+    searcher = None
     try:
         _check_default_task(args.model, settings.default_task)
-        options = {o.kwarg: getattr(args, o.kwarg) for o in LOAD_OPTIONS if getattr(args, o.kwarg) is not None}
+        options = load_options(args)
         embedder = Embedder.from_pretrained(
             args.model, max_seq_length=args.max_seq_length, num_threads=args.num_threads, **options
         )
+        if args.index is not None:
+            from embeddinggemma.index import Searcher
+
+            searcher = Searcher(args.index, embedder)  # refuses an index built with another model
         from embeddinggemma.serve.app import create_app
 
-        app = create_app(embedder, settings)
+        app = create_app(embedder, settings, searcher=searcher)
         uvicorn, server_class = _uvicorn_server()
         config = uvicorn.Config(
             app,
@@ -234,6 +254,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if searcher is not None:
+            searcher.close()
     if not server.started:
         print("embeddinggemma serve: error: the server did not start (see the log above)", file=sys.stderr)
         return 1
