@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
+import numpy as np
 import pytest
 
 from embeddinggemma.cli import build_parser, main
@@ -88,3 +89,35 @@ def test_taken_port_and_bad_limits_fail_in_one_line_before_loading(capsys):
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert main(["serve", "--model", "/nonexistent", "--max-batch-tokens", "0"]) == 2
     assert "max_batch_tokens (--max-batch-tokens) must be a positive integer" in capsys.readouterr().err
+
+
+def test_quantize_serves_the_quantized_runtime_and_refuses_a_scheme_the_model_cannot_hold(
+    tiny_st_dir, tmp_path, monkeypatch
+):
+    from embeddinggemma import Embedder
+
+    monkeypatch.setenv("EMBEDDINGGEMMA_CACHE", str(tmp_path / "cache"))  # the conversion cache; _start passes it on
+    # int8-channel holds any shape; the tiny model's rows of 48 are not blocks of 32, so int8 (Q8_0) cannot
+    process, url = _start(tiny_st_dir, "--quantize", "int8-channel")
+    try:
+        got = httpx.post(url + "/v1/embeddings", json={"input": ["red planet", "mars"]}, timeout=60)
+        assert got.status_code == 200
+        assert httpx.get(url + "/info").json()["engine"] == "OnnxRunner"
+    finally:
+        process.terminate()
+        assert process.wait(60) == 0
+    expected = Embedder.from_pretrained(tiny_st_dir, quantize="int8-channel").encode_query(["red planet", "mars"])
+    np.testing.assert_allclose([d["embedding"] for d in got.json()["data"]], expected, atol=1e-5)
+
+    command = [sys.executable, "-m", "embeddinggemma.cli", "serve", "--model", str(tiny_st_dir), "--port", "0"]
+    refused = subprocess.run(
+        [*command, "--quantize", "int8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        check=False,
+    )
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and lines[-1].startswith("embeddinggemma serve: error:"), refused.stderr
+    assert "int8-channel" in lines[-1]  # says what to use instead
