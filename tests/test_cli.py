@@ -569,4 +569,5 @@ def test_subcommands_are_listed(capsys):
         "index",
         "search",
         "export",
+        "serve",
     ]
