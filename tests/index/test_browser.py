@@ -7,6 +7,7 @@ or selenium is missing; nothing is downloaded (Selenium Manager is kept offline)
 from __future__ import annotations
 
 import shutil
+import urllib.request
 
 import pytest
 
@@ -14,7 +15,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 webdriver = pytest.importorskip("selenium.webdriver")
 
-from .test_web import index_server  # noqa: E402, F401 (the fixture)
+from .test_web import index_searcher, index_server, serving  # noqa: E402, F401 (the fixtures)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -83,3 +84,23 @@ def test_typing_a_query_shows_ranked_results(browser, index_server):  # noqa: F8
     }
     hybrid = _search(browser, index_server, "the red planet mars", "hybrid")
     assert hybrid and any(r["path"].startswith("planets.md:") for r in hybrid)
+
+
+def test_the_page_on_the_embedding_server_searches_through_its_queue(browser, index_searcher, tiny_embedder):  # noqa: F811
+    """`embeddinggemma serve --index`: the same page, its dense queries embedded by the server's worker."""
+    pytest.importorskip("prometheus_client", reason="the serve extra is not installed")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from embeddinggemma.serve import ServeSettings, create_app
+
+    def embedded_texts(url: str) -> float:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+            families = text_string_to_metric_families(response.read().decode())
+        return next(s.value for f in families for s in f.samples if s.name == "embeddinggemma_embedded_texts_total")
+
+    with serving(create_app(tiny_embedder, ServeSettings(model_name="tiny"), searcher=index_searcher)) as url:
+        before = embedded_texts(url)
+        shown = _search(browser, url, "the red planet mars", "dense")
+        expected = index_searcher.search("the red planet mars", k=10, mode="dense")
+        assert shown and [r["path"] for r in shown] == [f"{r.path}:{r.line}" for r in expected]
+        assert embedded_texts(url) == before + 1  # the query was embedded by the server's worker

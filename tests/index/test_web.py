@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -19,15 +20,12 @@ from embeddinggemma.index import IndexOptions, Searcher, index_folder  # noqa: E
 from embeddinggemma.index.web import create_app  # noqa: E402
 
 
-@pytest.fixture
-def index_server(sample_folder, tmp_path, tiny_embedder) -> Iterator[str]:
-    """Index the sample folder, serve it with uvicorn on a free port, yield the base URL."""
-    db = tmp_path / "index.db"
-    index_folder(sample_folder, db, tiny_embedder, model="tiny", options=IndexOptions(), show_progress=False)
-    searcher = Searcher(db, tiny_embedder)
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """``app`` under uvicorn on a free loopback port; yields the base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(searcher), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -40,7 +38,22 @@ def index_server(sample_folder, tmp_path, tiny_embedder) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
-        searcher.close()
+
+
+@pytest.fixture
+def index_searcher(sample_folder, tmp_path, tiny_embedder) -> Iterator[Searcher]:
+    """The sample folder indexed with the tiny model, open for search."""
+    db = tmp_path / "index.db"
+    index_folder(sample_folder, db, tiny_embedder, model="tiny", options=IndexOptions(), show_progress=False)
+    with Searcher(db, tiny_embedder) as searcher:
+        yield searcher
+
+
+@pytest.fixture
+def index_server(index_searcher) -> Iterator[str]:
+    """The index's own app, served on a free port."""
+    with serving(create_app(index_searcher)) as url:
+        yield url
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
