@@ -44,7 +44,7 @@ def run_base(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 def test_help_lists_every_subcommand_without_extras():
     result = run_base("--help")
     assert result.returncode == 0, result.stderr.decode()
-    assert b"embed-dataset" in result.stdout and b"search" in result.stdout
+    assert b"embed-dataset" in result.stdout and b"search" in result.stdout and b"serve" in result.stdout
 
 
 def test_embed_and_similarity_without_extras(tiny_st_dir):
@@ -62,3 +62,9 @@ def test_an_extra_subcommand_says_which_extra(tiny_st_dir, tmp_path):
     result = run_base("index", str(tmp_path / "docs"), "--db", str(tmp_path / "a.db"), "--model", str(tiny_st_dir))
     err = result.stderr.decode()
     assert result.returncode != 0 and err.count("\n") == 1 and "embeddinggemma[index]" in err, err
+
+
+def test_serve_says_which_extra(tiny_st_dir):
+    result = run_base("serve", "--model", str(tiny_st_dir), "--port", "0")
+    err = result.stderr.decode()
+    assert result.returncode == 2 and err.count("\n") == 1 and "embeddinggemma[serve]" in err, err

@@ -202,9 +202,7 @@ def _check_default_task(model: str, task: str | None) -> None:
 
 def _check_index(path: Path) -> None:
     """Before the weights load: the file is a finished index (the model check needs the model: later)."""
-    if importlib.util.find_spec("pathspec") is None:  # the first of the index extra's packages it imports
-        raise ServeUsageError("--index needs the index extra: pip install 'embeddinggemma[index]'")
-    from embeddinggemma.index import Searcher
+    from embeddinggemma.index.searcher import Searcher  # searching needs no package of the index extra
 
     Searcher(path).close()
 
@@ -228,7 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             args.model, max_seq_length=args.max_seq_length, num_threads=args.num_threads, **options
         )
         if args.index is not None:
-            from embeddinggemma.index import Searcher
+            from embeddinggemma.index.searcher import Searcher
 
             searcher = Searcher(args.index, embedder)  # refuses an index built with another model
         from embeddinggemma.serve.app import create_app
