@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from collections.abc import Set as AbstractSet
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -21,10 +18,21 @@ import torch
 import torch.nn.functional as F
 
 from embeddinggemma.checkpoint import DEFAULT_MODEL, CheckpointInfo, load_checkpoint, save_checkpoint
-from embeddinggemma.config import MATRYOSHKA_DIMS, EmbeddingGemmaConfig, refuse_float16
+from embeddinggemma.config import EmbeddingGemmaConfig, refuse_float16
 from embeddinggemma.engine.runners import PackedRunner, PaddedRunner, Runner
 from embeddinggemma.engine.stream import chunked, prefetch_map
-from embeddinggemma.matryoshka import matryoshka_truncate
+from embeddinggemma.inputs import (  # noqa: F401 (re-exported: callers import them from here)
+    Texts,
+    as_text_list,
+    as_title_list,
+    check_dim,
+    check_max_seq_length,
+    check_ordered,
+    check_text,
+    choose_prompt,
+    lone_surrogate,
+)
+from embeddinggemma.matryoshka import matryoshka_truncate, trained_dims
 from embeddinggemma.model import EmbeddingGemma
 from embeddinggemma.prompts import PromptTable, document_prompt
 from embeddinggemma.tokenizer import BaseTokenizer, OnTruncation, TokenizerBackend, load_tokenizer
@@ -32,7 +40,6 @@ from embeddinggemma.tokenizer import BaseTokenizer, OnTruncation, TokenizerBacke
 logger = logging.getLogger(__name__)
 
 Output = Literal["numpy", "torch"]
-Texts = str | Iterable[str]
 
 # Texts tokenised per step when tokenisation overlaps the device's work (GPU engine).
 PIPELINE_CHUNK = 16384
@@ -83,66 +90,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
         raise ValueError(f"device {device!r} is not available in this PyTorch build or machine; use 'cpu'")
     return resolved
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def lone_surrogate(text: str) -> re.Match | None:
-    """Where `text` holds a lone surrogate (not valid Unicode: no tokenizer can encode it), if anywhere."""
-    return _SURROGATE.search(text)
-
-
-def check_ordered(texts: object, name: str = "texts") -> None:
-    """Refuse what is not a sequence (or an iterator) of strings: a set's order is arbitrary, a dict gives its keys."""
-    if isinstance(texts, bytes | bytearray | np.ndarray | torch.Tensor | AbstractSet | Mapping) or not isinstance(
-        texts, Sequence | Iterator
-    ):
-        raise TypeError(
-            f"{name} must be a string or a list of strings (a sequence), got {type(texts).__name__}"
-            + ("; its order is arbitrary, pass a list" if isinstance(texts, AbstractSet) else "")
-        )
-
-
-def check_text(text: object, index: int, name: str = "texts") -> None:
-    """A str that is valid Unicode (no lone surrogates, which no tokenizer can encode)."""
-    if not isinstance(text, str):
-        raise TypeError(f"{name}[{index}] is {type(text).__name__}, expected str")
-    if (bad := lone_surrogate(text)) is not None:
-        raise ValueError(
-            f"{name}[{index}] contains a lone surrogate {bad.group()!a} at character {bad.start()}, which is not "
-            "valid Unicode; fix the text (a broken JSON escape or a bad decode, e.g. errors='surrogateescape')"
-        )
-
-
-def as_text_list(texts: Texts, name: str = "texts") -> tuple[list[str], bool]:
-    """(list of texts, whether a single string was given). Anything else is a TypeError naming the index."""
-    if isinstance(texts, str):
-        check_text(texts, 0, name)
-        return [texts], True
-    check_ordered(texts, name)
-    items = list(texts)
-    for i, item in enumerate(items):
-        check_text(item, i, name)
-    return items, False
-
-
-def as_title_list(titles: object, count: int, single: bool) -> list[str | None]:
-    """One title (str or None) per text; None for no titles at all. A bare string only for a single text."""
-    if titles is None:
-        return [None] * count
-    if isinstance(titles, str):
-        if not single:
-            raise TypeError("titles must be a list with one title (or None) per text, got a single string")
-        return [titles]
-    check_ordered(titles, "titles")
-    title_list = list(titles)
-    if len(title_list) != count:
-        raise ValueError(f"got {len(title_list)} titles for {count} texts; pass one per text or None")
-    for i, title in enumerate(title_list):
-        if title is not None:
-            check_text(title, i, "titles")
-    return title_list
 
 
 class Embedder:
@@ -236,11 +183,7 @@ class Embedder:
         engine: str = "auto",
         **engine_options,
     ) -> Embedder:
-        limit = info.config.max_seq_length
-        if max_seq_length is not None:
-            if not 2 <= max_seq_length <= limit:
-                raise ValueError(f"max_seq_length must be between 2 and {limit}, got {max_seq_length}")
-            limit = max_seq_length
+        limit = check_max_seq_length(max_seq_length, info.config.max_seq_length)
         backbone = info.config.backbone
         text_tokenizer = load_tokenizer(info.path, backbone, max_length=limit, backend=tokenizer)
         runner = default_runner(model, backbone.pad_token_id, engine, **engine_options)
@@ -259,8 +202,7 @@ class Embedder:
     @property
     def matryoshka_dims(self) -> tuple[int, ...]:
         """The sizes the model was trained to be truncated to."""
-        dims = tuple(d for d in MATRYOSHKA_DIMS if d <= self.embedding_dim)
-        return dims if self.embedding_dim in MATRYOSHKA_DIMS else (self.embedding_dim,)
+        return trained_dims(self.embedding_dim)
 
     @property
     def max_seq_length(self) -> int:
@@ -300,14 +242,9 @@ class Embedder:
         `dim` keeps the first `dim` Matryoshka dimensions and re-normalises.
         """
         items, single = as_text_list(texts)
-        if task is not None and prompt is not None:
-            raise ValueError("pass either task= or prompt=, not both")
-        if prompt is not None and not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        if task is not None:
-            prompt = self.prompts[task]
+        prompt = choose_prompt(self.prompts, task, prompt)
         return self._encode_prompted(
-            [(prompt or "") + text for text in items],
+            [prompt + text for text in items],
             single=single,
             dim=dim,
             batch_size=batch_size,
@@ -381,11 +318,7 @@ class Embedder:
         dim = self._check_dim(dim)
         if titles is not None and (task not in (None, "document") or prompt is not None):
             raise ValueError("titles select the document prompt; do not combine them with another task or prompt")
-        if task is not None and prompt is not None:
-            raise ValueError("pass either task= or prompt=, not both")
-        if prompt is not None and not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        fixed_prompt = "" if task is None and prompt is None else (prompt if prompt is not None else self.prompts[task])
+        fixed_prompt = choose_prompt(self.prompts, task, prompt)
         pairs = zip(texts, titles, strict=True) if titles is not None else ((t, None) for t in texts)
         offset = 0
 
@@ -405,7 +338,7 @@ class Embedder:
         with _progress_bar(None, show_progress) as bar:
             for token_ids in prefetch_map(tokenize, chunked(pairs, chunk_size)):
                 embeddings = self.runner.embed(token_ids, max_texts=batch_size, progress=bar.update)
-                yield matryoshka_truncate(embeddings, dim, normalize=normalize).numpy()
+                yield matryoshka_truncate(embeddings.numpy(), dim, normalize=normalize)
 
     def _encode_prompted(
         self,
@@ -431,10 +364,11 @@ class Embedder:
             embeddings = self.embed_token_ids(token_ids, batch_size=batch_size, show_progress=show_progress)
         else:
             embeddings = torch.empty(0, self.embedding_dim)
-        embeddings = matryoshka_truncate(embeddings, dim, normalize=normalize)
-        if single:
-            embeddings = embeddings[0]
-        return embeddings.numpy() if output == "numpy" else embeddings
+        # numpy output is cut and normalised in numpy: the same arithmetic as the torch-free OnnxEmbedder
+        embeddings = matryoshka_truncate(
+            embeddings.numpy() if output == "numpy" else embeddings, dim, normalize=normalize
+        )
+        return embeddings[0] if single else embeddings
 
     def _embed_pipelined(
         self, texts: Sequence[str], *, show_progress: bool, on_truncation: OnTruncation
@@ -459,25 +393,7 @@ class Embedder:
             return self.runner.embed(token_ids, max_texts=batch_size, progress=bar.update)
 
     def _check_dim(self, dim: int | None) -> int:
-        if dim is None:
-            return self.embedding_dim
-        if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
-            raise TypeError(f"dim must be an integer, got {type(dim).__name__}")
-        dim = int(dim)
-        if not 1 <= dim <= self.embedding_dim:
-            raise ValueError(
-                f"dim must be between 1 and {self.embedding_dim}, got {dim}; the model was trained for "
-                f"{'/'.join(map(str, self.matryoshka_dims))}"
-            )
-        if dim not in self.matryoshka_dims and dim not in self._warned_dims:
-            self._warned_dims.add(dim)
-            warnings.warn(
-                f"dim={dim} is not one of the trained Matryoshka sizes {self.matryoshka_dims}; the prefix is "
-                "usable but its quality was not trained for",
-                UserWarning,
-                stacklevel=4,
-            )
-        return dim
+        return check_dim(dim, self.embedding_dim, self.matryoshka_dims, self._warned_dims, stacklevel=5)
 
     # -- similarity and saving --------------------------------------------------------------------
 

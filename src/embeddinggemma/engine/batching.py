@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from embeddinggemma.engine.budget import token_budget_batches  # noqa: F401 (re-exported)
+
 # Filler tokens are split into segments no longer than one attention block.
 PAD_SEGMENT = 128
 
@@ -109,31 +111,3 @@ def pad_batch(batch: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Te
         input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
     return input_ids, attention_mask
-
-
-def token_budget_batches(
-    lengths: Sequence[int], max_tokens: int, max_texts: int | None = None, *, pad_to_longest: bool = False
-) -> list[list[int]]:
-    """Group text indices into batches of at most `max_tokens` tokens, longest texts first.
-
-    `pad_to_longest=True` counts a batch as rows x longest (padded batches); otherwise the sum of
-    lengths (packed batches). A text longer than the budget gets a batch of its own. Sorting longest
-    first keeps lengths in a batch alike and surfaces out-of-memory errors at the first batch.
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    used = 0
-    for i in order:
-        n = lengths[i]
-        cost = (len(current) + 1) * lengths[current[0]] if pad_to_longest and current else used + n
-        if current and (cost > max_tokens or (max_texts is not None and len(current) >= max_texts)):
-            batches.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += n
-    if current:
-        batches.append(current)
-    return batches

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embeddinggemma.quant.formats import INT8_CHANNEL, Q4_0, Q8_0, Layout, dequantize, fake_quantize, quantize
+from embeddinggemma.quant.schemes import SCHEME_ALIASES, SCHEME_NAMES, resolve_scheme  # noqa: F401
 
 # weight group -> layout, per scheme. Groups: "embed", "attn", "ffn", "proj".
 SCHEMES: dict[str, dict[str, Layout]] = {
@@ -36,15 +37,6 @@ SCHEMES: dict[str, dict[str, Layout]] = {
     "mixed": {"embed": Q4_0, "attn": Q8_0, "ffn": Q4_0, "proj": Q4_0},  # e4_a8_f4_p4
     "int8-channel": {"embed": INT8_CHANNEL, "attn": INT8_CHANNEL, "ffn": INT8_CHANNEL, "proj": INT8_CHANNEL},
 }
-SCHEME_ALIASES = {"e4_a8_f4_p4": "mixed", "q8_0": "int8", "q4_0": "int4"}
-
-
-def resolve_scheme(scheme: str) -> str:
-    """Canonical scheme name; an unknown one is a ValueError listing the choices."""
-    name = SCHEME_ALIASES.get(scheme, scheme)
-    if name not in SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEMES)} (or e4_a8_f4_p4)")
-    return name
 
 
 def weight_group(name: str) -> str | None:

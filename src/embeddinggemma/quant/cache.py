@@ -1,0 +1,71 @@
+"""The cache of converted models, without torch: where a checkpoint's ONNX file for a scheme lives and
+whether it can be trusted.
+
+A checkpoint is converted once per scheme (`convert.py`, which needs torch) into a cache directory: the
+ONNX file next to a manifest that records the source files' sizes and modification times and the
+SHA-256 of the ONNX file. Every load checks both: a changed checkpoint (stale) or a damaged file
+(corrupt) is rebuilt with a warning that says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from embeddinggemma.quant.schemes import resolve_scheme
+
+RUNTIME_SCHEMES = ("int8", "int4", "mixed", "int8-channel")  # int8-channel: any shape (no blocks)
+CACHE_VERSION = 1  # bump when the conversion changes
+MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("EMBEDDINGGEMMA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(root) / "embeddinggemma" / "quantized"
+
+
+def runtime_scheme(scheme: str) -> str:
+    name = resolve_scheme(scheme)
+    if name not in RUNTIME_SCHEMES:
+        raise ValueError(f"quantize={scheme!r} has no CPU runtime; choose one of {', '.join(RUNTIME_SCHEMES)}")
+    return name
+
+
+def source_fingerprint(root: Path) -> list[list[Any]]:
+    """(relative path, size, mtime_ns) of every file the conversion reads: weights and configs."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".bin"))
+    return [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_entry(root: Path, scheme: str, cache_dir: Path) -> Path:
+    key = json.dumps([str(root.resolve()), scheme, CACHE_VERSION])
+    return cache_dir / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def check_cache(entry: Path, root: Path, scheme: str) -> str | None:
+    """None when the cached conversion can be trusted, else the reason it cannot."""
+    manifest_file, model_file = entry / MANIFEST_FILE, entry / MODEL_FILE
+    if not manifest_file.exists():
+        return "no conversion cached yet"
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, ValueError):
+        return f"{manifest_file} is unreadable (corrupt)"
+    if manifest.get("version") != CACHE_VERSION or manifest.get("scheme") != scheme:
+        return "the cached conversion was made by another version of this library"
+    if manifest.get("source") != source_fingerprint(root):
+        return f"{root} changed since it was converted (stale)"
+    if not model_file.exists() or file_sha256(model_file) != manifest.get("sha256"):
+        return f"{model_file} does not match its recorded SHA-256 (corrupt or incomplete)"
+    return None

@@ -1,0 +1,51 @@
+"""Conversion of a checkpoint into the cached ONNX graph of a scheme (needs torch; runs once per
+checkpoint and scheme, about a minute for the released model).
+
+A checkpoint (ours, fine-tuned, souped or QAT-trained: a QAT checkpoint holds the float weights whose
+rounding it trained for, and converting them reproduces that rounding exactly) is loaded in fp32,
+rounded to the scheme and exported without the final normalisation (the runtime normalises after the
+Matryoshka cut). Files are written under temporary names and renamed, the manifest last, so an
+interrupted conversion leaves nothing that a later load would trust.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from embeddinggemma.checkpoint import load_checkpoint, resolve_checkpoint
+from embeddinggemma.quant.cache import CACHE_VERSION, MANIFEST_FILE, MODEL_FILE, file_sha256, source_fingerprint
+from embeddinggemma.quant.onnx_export import ACCURACY_INT8, build_onnx, save_onnx
+from embeddinggemma.quant.qat import quantize_weights_
+
+
+def convert_checkpoint(
+    name_or_path: str | Path,
+    scheme: str,
+    entry: Path,
+    *,
+    revision: str | None = None,
+    accuracy_level: int = ACCURACY_INT8,
+) -> None:
+    """Load fp32, round to the scheme, export ONNX (no final normalisation), write file then manifest."""
+    root = resolve_checkpoint(name_or_path, revision)
+    model, _ = load_checkpoint(root, dtype=torch.float32, device="cpu")
+    quantize_weights_(model, scheme)
+    proto = build_onnx(model, accuracy_level, normalize=False, consume=True)
+    del model
+    entry.mkdir(parents=True, exist_ok=True)
+    (entry / MANIFEST_FILE).unlink(missing_ok=True)  # the old manifest must not vouch for the new file
+    save_onnx(proto, entry / MODEL_FILE)
+    manifest = {
+        "version": CACHE_VERSION,
+        "scheme": scheme,
+        "accuracy_level": accuracy_level,
+        "checkpoint": str(root),
+        "source": source_fingerprint(root),
+        "sha256": file_sha256(entry / MODEL_FILE),
+    }
+    partial = entry / (MANIFEST_FILE + ".partial")
+    partial.write_text(json.dumps(manifest, indent=1))
+    partial.replace(entry / MANIFEST_FILE)

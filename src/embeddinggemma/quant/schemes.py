@@ -1,0 +1,17 @@
+"""Quantization scheme names, without torch (the on-device runtime resolves them too); their layouts
+per weight group are in `qat.SCHEMES`."""
+
+from __future__ import annotations
+
+SCHEME_NAMES = ("int8", "int4", "mixed", "int8-channel")
+SCHEME_ALIASES = {"e4_a8_f4_p4": "mixed", "q8_0": "int8", "q4_0": "int4"}
+
+
+def resolve_scheme(scheme: str) -> str:
+    """Canonical scheme name; an unknown one is a ValueError listing the choices."""
+    name = SCHEME_ALIASES.get(scheme, scheme)
+    if name not in SCHEME_NAMES:
+        raise ValueError(
+            f"unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEME_NAMES)} (or e4_a8_f4_p4)"
+        )
+    return name
