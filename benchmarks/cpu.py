@@ -15,7 +15,8 @@ Workloads: one short query (the reference figure's "how do I parse command line 
 tokens with its prompt) for latency percentiles; 48 real passages (the first 48 of the benchmark
 corpus, or of CPython stdlib blocks if no corpus is given) for throughput. Peak RSS is measured in a
 fresh child process per engine that only loads the model and embeds (RSS cannot be split inside one
-process). Quality: per-text cosine of each engine against sentence-transformers fp32 (worst, mean).
+process); our quantized engines run the torch-free `OnnxEmbedder` there (and everywhere here). Quality:
+per-text cosine of each engine against sentence-transformers fp32 (worst, mean).
 Exported files (built on first use) live in --exports.
 """
 
@@ -93,11 +94,9 @@ def onnx_file(exports: Path, scheme: str) -> Path:
     export without the final normalisation, which the Embedder applies)."""
     if scheme == "f32":
         return export_file(exports, "onnx", scheme)
-    from embeddinggemma.checkpoint import resolve_checkpoint
-    from embeddinggemma.quant.runtime import MODEL_FILE, cache_entry, default_cache_dir, load_quantized
+    from embeddinggemma.quant.ondevice import quantized_model_file
 
-    load_quantized(MODEL, scheme)  # converts once if needed
-    return cache_entry(resolve_checkpoint(MODEL), scheme, default_cache_dir()) / MODEL_FILE
+    return quantized_model_file(MODEL, scheme)[0]  # converts once if needed
 
 
 class _SessionModel:
@@ -136,7 +135,15 @@ class _SessionModel:
 
 
 def build_engine(name: str, threads: int, exports: Path) -> Engine:
-    """name -> (encode_query(text) -> (E,), encode_documents(texts) -> (N, E))."""
+    """name -> (encode_query(text) -> (E,), encode_documents(texts) -> (N, E)).
+
+    "ours int8/int4/mixed (onnxruntime)" run `OnnxEmbedder`, the torch-free path (the same session and
+    embeddings as `Embedder.from_pretrained(quantize=...)`), so their RSS children never import torch."""
+    if name.startswith("ours") and name.endswith("(onnxruntime)"):
+        from embeddinggemma.quant.ondevice import OnnxEmbedder
+
+        ondevice = OnnxEmbedder.from_pretrained(MODEL, quantize=name.split()[1], num_threads=threads)
+        return (lambda q: ondevice.encode_query(q), lambda d: ondevice.encode_document(d, batch_size=16))
     import torch
 
     torch.set_num_threads(threads)
@@ -151,8 +158,6 @@ def build_engine(name: str, threads: int, exports: Path) -> Engine:
 
     if name == "ours fp32 (torch)":
         embedder = Embedder.from_pretrained(MODEL, device="cpu")
-    elif name.endswith("(onnxruntime)"):
-        embedder = Embedder.from_pretrained(MODEL, quantize=name.split()[1], num_threads=threads)
     else:
         scheme = {"fp32": "f32", "int8": "int8", "int4": "int4"}[name.split()[1].split("-")[0]]
         kind = "openvino" if name.startswith("openvino") else "onnxruntime"
@@ -214,14 +219,15 @@ def run_child(engine: str, threads: int, exports: Path, texts_file: Path) -> Non
 def file_sizes(exports: Path) -> dict[str, float]:
     """MB on disk of what each engine loads (the quantized runtime: its cached ONNX file)."""
     from embeddinggemma.checkpoint import resolve_checkpoint
-    from embeddinggemma.quant.runtime import MODEL_FILE, cache_entry, default_cache_dir
+    from embeddinggemma.quant.cache import DATA_FILE, MODEL_FILE, cache_entry, default_cache_dir
 
     root = resolve_checkpoint(MODEL)
     sizes = {REFERENCE: sum(p.stat().st_size for p in root.rglob("*.safetensors")) / 1e6}
     for scheme in ("int8", "int4", "mixed"):
-        path = cache_entry(root, scheme, default_cache_dir()) / MODEL_FILE
-        if path.exists():
-            sizes[f"ours {scheme} (onnxruntime)"] = path.stat().st_size / 1e6
+        entry = cache_entry(root, scheme, default_cache_dir())
+        if (entry / MODEL_FILE).exists():
+            files = (entry / MODEL_FILE, entry / DATA_FILE)
+            sizes[f"ours {scheme} (onnxruntime)"] = sum(f.stat().st_size for f in files if f.exists()) / 1e6
     for path in exports.glob("embeddinggemma-*"):
         sizes[path.name] = path.stat().st_size / 1e6
     return sizes

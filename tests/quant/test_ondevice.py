@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from embeddinggemma.embedder import Embedder
-from embeddinggemma.quant.cache import MODEL_FILE, cache_entry
+from embeddinggemma.quant.cache import DATA_FILE, MODEL_FILE, cache_entry
 from embeddinggemma.quant.ondevice import OnnxEmbedder
+from embeddinggemma.quant.onnx_export import EXTERNAL_ALIGNMENT
 
 TEXTS = ["red planet", "mars is the red planet and venus is a planet " * 9, "sort the list by key", "x"]
 SCHEME = "int8-channel"  # holds the tiny model's rows of 48 (the block schemes need multiples of 32)
@@ -111,3 +112,24 @@ def test_onnx_embedder_bad_requests(tiny_st_dir, cache):
         model.encode_document(["x"], titles=["t"], prompt="p: ")
     with pytest.warns(UserWarning, match="not one of the trained Matryoshka sizes"):
         model.encode("x", dim=7)
+
+
+def test_cached_conversion_maps_its_tensors_and_has_no_nan_guards(tiny_st_dir, cache, caplog):
+    import onnx
+
+    OnnxEmbedder.from_pretrained(tiny_st_dir, quantize=SCHEME)
+    entry = cache_entry(tiny_st_dir, SCHEME, cache)
+    graph = onnx.load(str(entry / MODEL_FILE), load_external_data=False).graph
+    external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and (entry / DATA_FILE).stat().st_size > (entry / MODEL_FILE).stat().st_size
+    offsets = [int(next(e.value for e in t.external_data if e.key == "offset")) for t in external]
+    assert all(offset % EXTERNAL_ALIGNMENT == 0 for offset in offsets), "aligned: ONNX Runtime maps them"
+    ops = [node.op_type for node in graph.node]
+    assert "IsNaN" not in ops, "every row sees itself: no softmax row is all masked"
+    assert ops.count("Where") <= 2, "one additive mask per attention kind, not one per layer"
+
+    data = entry / DATA_FILE
+    data.write_bytes(data.read_bytes()[:-4] + b"0123")  # corrupt the tensors, not the graph
+    with caplog.at_level("WARNING"):
+        OnnxEmbedder.from_pretrained(tiny_st_dir, quantize=SCHEME)
+    assert "model.onnx.data does not match its recorded SHA-256" in caplog.text

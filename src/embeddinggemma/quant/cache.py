@@ -2,9 +2,9 @@
 whether it can be trusted.
 
 A checkpoint is converted once per scheme (`convert.py`, which needs torch) into a cache directory: the
-ONNX file next to a manifest that records the source files' sizes and modification times and the
-SHA-256 of the ONNX file. Every load checks both: a changed checkpoint (stale) or a damaged file
-(corrupt) is rebuilt with a warning that says why.
+ONNX graph, its tensors in a data file that ONNX Runtime maps into memory, and a manifest that records
+the source files' sizes and modification times and the SHA-256 of both files. Every load checks them:
+a changed checkpoint (stale) or a damaged file (corrupt) is rebuilt with a warning that says why.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 from embeddinggemma.quant.schemes import resolve_scheme
 
 RUNTIME_SCHEMES = ("int8", "int4", "mixed", "int8-channel")  # int8-channel: any shape (no blocks)
-CACHE_VERSION = 1  # bump when the conversion changes
-MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
+CACHE_VERSION = 2  # bump when the conversion changes (2: tensors in DATA_FILE, no NaN guards, masks built once)
+MODEL_FILE, DATA_FILE, MANIFEST_FILE = "model.onnx", "model.onnx.data", "manifest.json"
 
 
 def default_cache_dir() -> Path:
@@ -66,6 +66,7 @@ def check_cache(entry: Path, root: Path, scheme: str) -> str | None:
         return "the cached conversion was made by another version of this library"
     if manifest.get("source") != source_fingerprint(root):
         return f"{root} changed since it was converted (stale)"
-    if not model_file.exists() or file_sha256(model_file) != manifest.get("sha256"):
-        return f"{model_file} does not match its recorded SHA-256 (corrupt or incomplete)"
+    for path, key in ((model_file, "sha256"), (entry / DATA_FILE, "data_sha256")):
+        if not path.exists() or file_sha256(path) != manifest.get(key):
+            return f"{path} does not match its recorded SHA-256 (corrupt or incomplete)"
     return None

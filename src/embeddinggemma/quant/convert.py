@@ -16,7 +16,14 @@ from pathlib import Path
 import torch
 
 from embeddinggemma.checkpoint import load_checkpoint, resolve_checkpoint
-from embeddinggemma.quant.cache import CACHE_VERSION, MANIFEST_FILE, MODEL_FILE, file_sha256, source_fingerprint
+from embeddinggemma.quant.cache import (
+    CACHE_VERSION,
+    DATA_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    file_sha256,
+    source_fingerprint,
+)
 from embeddinggemma.quant.onnx_export import ACCURACY_INT8, build_onnx, save_onnx
 from embeddinggemma.quant.qat import quantize_weights_
 
@@ -37,7 +44,7 @@ def convert_checkpoint(
     del model
     entry.mkdir(parents=True, exist_ok=True)
     (entry / MANIFEST_FILE).unlink(missing_ok=True)  # the old manifest must not vouch for the new file
-    save_onnx(proto, entry / MODEL_FILE)
+    save_onnx(proto, entry / MODEL_FILE, external_data=True)
     manifest = {
         "version": CACHE_VERSION,
         "scheme": scheme,
@@ -45,6 +52,7 @@ def convert_checkpoint(
         "checkpoint": str(root),
         "source": source_fingerprint(root),
         "sha256": file_sha256(entry / MODEL_FILE),
+        "data_sha256": file_sha256(entry / DATA_FILE),
     }
     partial = entry / (MANIFEST_FILE + ".partial")
     partial.write_text(json.dumps(manifest, indent=1))

@@ -62,8 +62,10 @@ class SentenceEmbeddingGraph(nn.Module):
         diagonal = idx[:, None] == idx[None, :]  # every row sees itself: no all-masked softmax rows
         band = (idx[:, None] - idx[None, :]).abs() <= config.window_radius
         masks = {"full_attention": keys | diagonal, "sliding_attention": (keys & band) | diagonal}
+        # additive masks built once for all layers (a boolean mask becomes a float (B, 1, T, T) per layer)
+        biases = {kind: torch.zeros(mask.shape).masked_fill(~mask, float("-inf")) for kind, mask in masks.items()}
         positions = idx.unsqueeze(0).expand_as(input_ids)
-        hidden = self.model.encoder(input_ids, positions, {kind: _attention(mask) for kind, mask in masks.items()})
+        hidden = self.model.encoder(input_ids, positions, {kind: _attention(bias) for kind, bias in biases.items()})
         return self.model.project(mean_pool(hidden, attention_mask), normalize=self.normalize)
 
 
@@ -138,6 +140,39 @@ def trace_float_graph(model: EmbeddingGemma, normalize: bool = True):
             **names,
         )
     return program.model_proto
+
+
+def drop_nan_guards(model_proto):
+    """Remove the exporter's `Where(IsNaN(Softmax(x)), 0, Softmax(x))` after every attention softmax.
+
+    The guard is for rows where every key is masked; ours always see themselves (the masks' diagonal),
+    so it only costs a (B, H, T, T) tensor and a pass over it per layer."""
+    graph = model_proto.graph
+    producer = {output: node for node in graph.node for output in node.output}
+    nan_checks = {
+        node.output[0]: node.input[0]
+        for node in graph.node
+        if node.op_type == "IsNaN" and getattr(producer.get(node.input[0]), "op_type", None) == "Softmax"
+    }
+    renamed, dropped = {}, set()
+    for node in graph.node:
+        if node.op_type == "Where" and node.input[0] in nan_checks and node.input[2] == nan_checks[node.input[0]]:
+            renamed[node.output[0]] = node.input[2]
+            dropped.add(node.output[0])
+    used = {name for node in graph.node if node.output[0] not in dropped for name in node.input}
+    keep = [
+        node
+        for node in graph.node
+        if node.output[0] not in dropped and not (node.op_type == "IsNaN" and node.output[0] not in used)
+    ]
+    for node in keep:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    for output in graph.output:
+        output.name = renamed.get(output.name, output.name)
+    del graph.node[:]
+    graph.node.extend(keep)
+    _drop_unused_initializers(graph)
+    return model_proto
 
 
 def _digest(array: np.ndarray) -> str:
@@ -309,20 +344,53 @@ def build_onnx(
     """
     tensors = quantized_tensors(model)
     if not tensors:
-        return trace_float_graph(model.float().eval(), normalize)
-    traced = trace_float_graph(float_copy(model, inplace=consume), normalize)
+        return drop_nan_guards(trace_float_graph(model.float().eval(), normalize))
+    traced = drop_nan_guards(trace_float_graph(float_copy(model, inplace=consume), normalize))
     return quantize_graph(traced, tensors, accuracy_level)
 
 
-def save_onnx(model_proto, path: Path) -> None:
-    """Write to `path` through a temporary file (a single file: our quantized graphs are far below 2 GB;
-    the fp32 model, ~1.2 GB, is too)."""
+def save_onnx(model_proto, path: Path, *, external_data: bool = False) -> None:
+    """Write to `path` through temporary files. A single file by default (our quantized graphs are far
+    below 2 GB; the fp32 model, ~1.2 GB, is too); `external_data=True` puts the tensors in
+    `path.name + ".data"`, each at a 64 KiB-aligned offset, which ONNX Runtime maps into memory instead
+    of copying: pages it never reads (most rows of the embedding table) stay on disk."""
     import onnx
 
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
+    data = path.with_name(path.name + ".data")
+    data_partial = data.with_name(data.name + ".partial")
     try:
+        if external_data:
+            _write_external_data(model_proto, data_partial, data.name)
+            data_partial.replace(data)
         onnx.save_model(model_proto, str(partial))
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+        data_partial.unlink(missing_ok=True)
+
+
+EXTERNAL_ALIGNMENT = 1 << 16  # the allocation granularity on every platform ONNX Runtime maps files on
+EXTERNAL_MIN_BYTES = 1024
+
+
+def _write_external_data(model_proto, data_path: Path, location: str) -> None:
+    """Move every initializer of at least 1 KiB into `data_path` (aligned offsets), in place in `model_proto`."""
+    from onnx import TensorProto, numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    offset = 0
+    with open(data_path, "wb") as handle:
+        for tensor in model_proto.graph.initializer:
+            array = numpy_helper.to_array(tensor)
+            if array.nbytes < EXTERNAL_MIN_BYTES:
+                continue
+            tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))  # the bytes as raw_data
+            offset += -offset % EXTERNAL_ALIGNMENT
+            handle.seek(offset)
+            handle.write(tensor.raw_data)
+            set_external_data(tensor, location, offset=offset, length=len(tensor.raw_data))
+            offset += len(tensor.raw_data)
+            tensor.ClearField("raw_data")
+            tensor.data_location = TensorProto.EXTERNAL

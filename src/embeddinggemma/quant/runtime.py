@@ -23,6 +23,7 @@ from embeddinggemma.checkpoint_info import CheckpointInfo
 from embeddinggemma.config import EmbeddingGemmaConfig
 from embeddinggemma.quant.cache import (  # noqa: F401 (re-exported: the runtime's public names)
     CACHE_VERSION,
+    DATA_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     RUNTIME_SCHEMES,
