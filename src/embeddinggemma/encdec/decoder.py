@@ -43,6 +43,7 @@ __all__ = [
     "load_decoder",
     "load_gguf_decoder",
     "save_decoder",
+    "tied_logits",
 ]
 
 # GGUF tensor names (llama.cpp's gemma3 layout) -> our / transformers' names. llama.cpp stores Gemma's
@@ -65,6 +66,15 @@ _LAYER_NAMES = {
 DECODER_FILE = "decoder.json"
 
 
+def tied_logits(hidden: torch.Tensor, table: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Final hidden states (..., C) -> next-token logits (..., V) through the embedding table (tied head),
+    softcapped as tanh(logits / cap) * cap when the model has a cap."""
+    logits = F.linear(hidden, table)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
 class Gemma3CausalLM(nn.Module):
     """Causal Gemma 3: `model` (the shared stack, transformers' key names) and the tied LM head."""
 
@@ -81,12 +91,7 @@ class Gemma3CausalLM(nn.Module):
         return self.model.norm.weight.dtype
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (..., C) -> next-token logits (..., V) through the tied embedding table."""
-        logits = F.linear(hidden, self.model.embed_tokens.weight)
-        if self.final_logit_softcapping is not None:
-            cap = self.final_logit_softcapping
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return tied_logits(hidden, self.model.embed_tokens.weight, self.final_logit_softcapping)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Right-padded ids (B, T) -> logits (B, T, V): position t predicts token t + 1."""
