@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -200,15 +200,26 @@ def _gguf_state(file: GGUFFile, layers: Sequence[int]) -> dict[str, torch.Tensor
     return state
 
 
-def load_gguf_decoder(path: str | Path | None = None, *, layers: Sequence[int] | None = None) -> Gemma3CausalLM:
+# Which layers to keep: indices, or a rule over the decoder's layer types (e.g. train.student's)
+Layers = Sequence[int] | Callable[[tuple[str, ...]], Sequence[int]] | None
+
+
+def _kept(layers: Layers, config: Gemma3TextConfig) -> list[int]:
+    if layers is None:
+        return list(range(config.num_hidden_layers))
+    return list(layers(config.layer_types) if callable(layers) else layers)
+
+
+def load_gguf_decoder(path: str | Path | None = None, *, layers: Layers = None) -> Gemma3CausalLM:
     """The decoder in a Gemma 3 GGUF file (default: Gemma 3 270M from its package), dequantized to fp32.
 
-    `layers`: keep only these layers (in this order), e.g. `train.student.select_layers` for a shallower
-    copy; their attention types (window, RoPE base) go with them.
+    `layers`: keep only these layers (in this order), or the ones a rule picks from the layer types
+    (e.g. `train.student.select_layers`) for a shallower copy; their attention types (window, RoPE
+    base) go with them.
     """
     file = GGUFFile(path if path is not None else default_gemma3_gguf())
     config, softcap = config_from_gguf(file)
-    kept = list(range(config.num_hidden_layers)) if layers is None else list(layers)
+    kept = _kept(layers, config)
     if not kept or any(not 0 <= i < config.num_hidden_layers for i in kept):
         raise ValueError(f"layers must be indices in [0, {config.num_hidden_layers}), got {kept}")
     config = dataclasses.replace(
@@ -254,7 +265,7 @@ def save_decoder(model: Gemma3CausalLM, directory: str | Path, *, source: str = 
     return out
 
 
-def load_decoder(source: str | Path | None = None, *, layers: Sequence[int] | None = None) -> Gemma3CausalLM:
+def load_decoder(source: str | Path | None = None, *, layers: Layers = None) -> Gemma3CausalLM:
     """A decoder from a GGUF file (None: Gemma 3 270M) or a `save_decoder` directory."""
     if source is None or str(source).endswith(".gguf"):
         return load_gguf_decoder(source, layers=layers)
@@ -271,7 +282,7 @@ def load_decoder(source: str | Path | None = None, *, layers: Sequence[int] | No
         model = Gemma3CausalLM(config, softcap)
     load_weights(model, _safetensors_files(directory), dtype=torch.float32)
     if layers is not None:
-        config, state = cut_layers(model.config, model.model.state_dict(), layers)
+        config, state = cut_layers(model.config, model.model.state_dict(), _kept(layers, model.config))
         with torch.device("meta"):
             model = Gemma3CausalLM(config, softcap)
         model.model.load_state_dict(state, strict=True, assign=True)

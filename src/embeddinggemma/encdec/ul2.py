@@ -128,8 +128,8 @@ def random_spans_noise_mask(
     starts with a gap, so every span has a token before it."""
     if length < 2:
         raise ValueError("span corruption needs at least 2 tokens")
-    noise = min(max(int(round(length * rate)), 1), length - 1)
-    spans = max(int(round(noise / mean_span)), 1)
+    noise = min(max(round(length * rate), 1), length - 1)
+    spans = max(round(noise / mean_span), 1)
     spans = min(spans, noise, length - noise, max_spans or spans)
     noise_lengths = _composition(noise, spans, rng)
     gap_lengths = _composition(length - noise, spans, rng)
@@ -158,7 +158,7 @@ def make_example(tokens: Sequence[int], denoiser: Denoiser, special: SpecialToke
     mode = special.modes[denoiser.mode]
     if denoiser.mode == "S":
         share = rng.uniform(0.0, 2.0 * denoiser.rate)
-        target_len = min(max(int(round(len(tokens) * share)), 1), len(tokens) - 1)
+        target_len = min(max(round(len(tokens) * share), 1), len(tokens) - 1)
         split = len(tokens) - target_len
         return UL2Example([mode, *tokens[:split], special.eos], [*tokens[split:], special.eos], denoiser.name)
     mask = random_spans_noise_mask(len(tokens), denoiser.rate, denoiser.mean_span, rng, len(special.sentinels))
