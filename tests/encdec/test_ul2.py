@@ -110,3 +110,20 @@ def test_packed_loss_equals_sum_of_separate_examples():
         packed = ul2_loss(model, batch, chunk_tokens=7)
         separate = sum(ul2_loss(model, pack_examples([e], SPECIAL)) for e in examples)
     torch.testing.assert_close(packed, separate, rtol=1e-5, atol=1e-4)
+
+
+def test_restricted_vocabulary_is_a_softmax_over_those_tokens():
+    lm = Gemma3CausalLM(tiny_causal_config()).eval()
+    randomize(lm)
+    model = Gemma3EncoderDecoder.from_decoder(lm).eval()
+    example = make_example(list(range(10, 40)), UL2_MIXTURE[0], SPECIAL, np.random.default_rng(4))
+    batch = pack_examples([example], SPECIAL)
+    vocabulary = torch.tensor(sorted({*example.targets, 5, 7}))
+    with torch.no_grad():
+        restricted = ul2_loss(model, batch, vocabulary=vocabulary)
+        full = ul2_loss(model, batch)
+        everything = ul2_loss(model, batch, vocabulary=torch.arange(99))
+    torch.testing.assert_close(everything, full)  # the whole vocabulary is the full objective
+    assert restricted < full  # fewer competitors for the same targets
+    with pytest.raises(ValueError, match="outside the restricted vocabulary"):
+        ul2_loss(model, batch, vocabulary=torch.tensor([5, 7]))

@@ -107,6 +107,12 @@ def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path):
     ]
 
 
+def test_corpus_vocabulary_option(setup, tmp_path):
+    final = adapt_recipe(load_ul2_recipe(*_args(setup, tmp_path / "v", "train.steps=2", "data.corpus_vocabulary=true")))
+    record = json.loads((final / "encoder_decoder.json").read_text())
+    assert 8 < record["softmax_vocabulary"] < 99  # the tiny text's words, EOS and the sentinels
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

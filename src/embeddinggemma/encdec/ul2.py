@@ -228,11 +228,13 @@ def _chunk_loss(hidden: torch.Tensor, table: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
 
 
-def ul2_loss(model, batch: UL2Batch, *, chunk_tokens: int = 256) -> torch.Tensor:
+def ul2_loss(model, batch: UL2Batch, *, chunk_tokens: int = 256, vocabulary: torch.Tensor | None = None):
     """Summed next-token cross-entropy over the batch's target tokens (dense masks: CPU and tests).
 
     The vocabulary projection runs in chunks of `chunk_tokens` decoder tokens, each recomputed in the
-    backward pass, so a 262k-entry table never holds logits for the whole batch at once.
+    backward pass, so a 262k-entry table never holds logits for the whole batch at once. `vocabulary`
+    (sorted token ids holding every target) restricts the softmax to those tokens: a CPU-scale shortcut
+    (the 262k-way projection is most of a small model's work), not the full objective.
     """
     config = model.config
     enc, dec = batch.encoder, batch.decoder
@@ -247,6 +249,13 @@ def ul2_loss(model, batch: UL2Batch, *, chunk_tokens: int = 256) -> torch.Tensor
     keep = batch.labels != IGNORE
     hidden, labels = hidden[keep], batch.labels[keep]
     table = model.encoder.embed_tokens.weight
+    if vocabulary is not None:
+        position = torch.full((table.shape[0],), -1, dtype=torch.long, device=labels.device)
+        position[vocabulary] = torch.arange(vocabulary.numel(), device=labels.device)
+        labels = position[labels]
+        if (labels < 0).any():
+            raise ValueError("a target token is outside the restricted vocabulary; build it from the same text")
+        table = table[vocabulary]
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_tokens):
         part = slice(start, start + chunk_tokens)

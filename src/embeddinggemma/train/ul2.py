@@ -82,6 +82,9 @@ class UL2DataConfig:
     batch_size: int = 128  # examples per global batch (split over processes)
     denoisers: tuple[Denoiser, ...] = UL2_MIXTURE
     seed: int = 0
+    # Softmax over the tokens of this text (+ specials) instead of all 262k: a CPU-scale shortcut for
+    # shrunk runs, where the full projection is most of the work. Off for real adaptation.
+    corpus_vocabulary: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,14 +190,16 @@ class UL2Trainer(Trainer):
         gradient_checkpointing = kwargs.get("gradient_checkpointing", False)
         super().__init__(model, *args, **kwargs)
         model.decoder.gradient_checkpointing = gradient_checkpointing
-        self.record = {}
+        self.record: dict[str, Any] = {}
+        self.vocabulary: torch.Tensor | None = None  # data.corpus_vocabulary
 
     def forward_backward(self, batch: UL2Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         local = batch.to(self.ctx.device)
         targets = self.ctx.sum_scalar(float(local.num_targets))
         device = self.ctx.device.type
+        vocabulary = None if self.vocabulary is None else self.vocabulary.to(self.ctx.device)
         with torch.autocast(device, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
-            summed = ul2_loss(self.model, local)
+            summed = ul2_loss(self.model, local, vocabulary=vocabulary)
         (summed / targets).backward()
         loss = self.ctx.sum_scalar(float(summed.detach())) / targets
         tokens = local.encoder.num_tokens + local.decoder.num_tokens
@@ -258,6 +263,15 @@ def adapt_recipe(recipe: UL2Recipe, *, loader: Any = None, model: Gemma3EncoderD
             rank=ctx.rank,
             world_size=ctx.world_size,
         )
+    vocabulary = None
+    if recipe.data.corpus_vocabulary:
+        if loader is None or not hasattr(loader, "chunks"):
+            raise ValueError("data.corpus_vocabulary needs the recipe's own text loader")
+        special = loader.special
+        ids = {t for chunk in loader.chunks for t in chunk} | {special.eos, *special.sentinels}
+        vocabulary = torch.tensor(sorted(ids), dtype=torch.long)
+        record["softmax_vocabulary"] = len(ids)
+        logger.info("UL2 softmax over the %d tokens of the text (data.corpus_vocabulary)", len(ids))
     info = CheckpointInfo(path=source.path, config=EmbeddingGemmaConfig(), prompts=source.prompts)
     trainer = UL2Trainer(
         model,
@@ -273,4 +287,5 @@ def adapt_recipe(recipe: UL2Recipe, *, loader: Any = None, model: Gemma3EncoderD
         recipe_dict=recipe_to_dict(recipe),
     )
     trainer.record = record
+    trainer.vocabulary = vocabulary
     return trainer.fit()
