@@ -70,11 +70,13 @@ def _cell(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
-def _load(results_dir: Path, suffix: str) -> tuple[dict[str, dict[str, dict[str, float]]], list[str]]:
+def _load(
+    results_dir: Path, suffix: str, rows: list[str] = ROWS
+) -> tuple[dict[str, dict[str, dict[str, float]]], list[str]]:
     """Every row's results for ``suffix``, each file read once: row name -> seed tag -> mean main score per
     key (x100), and the score columns in the runner's order (dims x precisions)."""
     scores, keys = {}, {}
-    for name in ROWS:
+    for name in rows:
         for tag, run in _seed_runs(results_dir, name, suffix).items():
             results = load_results(results_dir / f"{run}-{suffix}.json")
             scores.setdefault(name, {})[tag] = {k: v * 100 for k, v in results["mean_main_score"].items()}
@@ -100,19 +102,21 @@ def _table(results_dir: Path, scores: dict, keys: list[str], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _paired_table(scores: dict, keys: list[str], title: str) -> str:
-    """The full recipe minus each ablation arm, seed by seed: arms of one seed trained on the same batches."""
-    arms = [name for name in scores if name.startswith("ablation-")]
-    if FULL not in scores or not arms:
+def _paired_table(scores: dict, keys: list[str], title: str, reference: str = FULL) -> str:
+    """The reference run minus each other arm, seed by seed: arms of one seed trained on the same batches.
+    With the default reference (the full recipe) the arms are the ablation-* runs."""
+    arms = [name for name in scores if name != reference and (reference != FULL or name.startswith("ablation-"))]
+    if reference not in scores or not arms:
         return ""
-    lines = [f"{title}\n", "| removed | seeds | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    head = "removed" if reference == FULL else f"{reference} minus"
+    lines = [f"{title}\n", f"| {head} | seeds | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for arm in arms:
-        tags = [tag for tag in scores[FULL] if tag in scores[arm]]
+        tags = [tag for tag in scores[reference] if tag in scores[arm]]
         cells = [
             " / ".join(
-                f"{scores[FULL][t][k] - scores[arm][t][k]:+.1f}"
+                f"{scores[reference][t][k] - scores[arm][t][k]:+.1f}"
                 for t in tags
-                if k in scores[FULL][t] and k in scores[arm][t]
+                if k in scores[reference][t] and k in scores[arm][t]
             )
             for k in keys
         ]
@@ -124,16 +128,19 @@ def _paired_table(scores: dict, keys: list[str], title: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", type=Path)
+    parser.add_argument("--rows", nargs="+", default=ROWS, help="run names, in table order (default: the study's)")
+    parser.add_argument("--reference", default=FULL, help="the run the paired table subtracts the others from")
     args = parser.parse_args()
     for suffix, title in (
         ("suite", "Local suite, mean of 4 tasks"),
         ("code-dev", "Code dev split (nDCG@10)"),
         ("dev", "Dev splits of the 6 training datasets, mean"),
     ):
-        scores, keys = _load(args.results_dir, suffix)
+        scores, keys = _load(args.results_dir, suffix, args.rows)
+        paired, arms = ("full recipe", "ablation") if args.reference == FULL else (args.reference, "arm")
         for table in (
             _table(args.results_dir, scores, keys, f"### {title}"),
-            _paired_table(scores, keys, f"### {title}: full recipe minus each ablation, paired by seed"),
+            _paired_table(scores, keys, f"### {title}: {paired} minus each {arms}, paired by seed", args.reference),
         ):
             if table:
                 print(table)

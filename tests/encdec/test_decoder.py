@@ -193,3 +193,21 @@ def test_real_gemma3_270m_predicts_real_text(real_decoder, real_snapshot):
         top = real_decoder(torch.tensor([prompt]))[0, -1].topk(5).indices.tolist()
     paris = tokenizer.encode(["Paris"])[0][1:-1]
     assert tokenizer.encode([" Paris"])[0][1] in top or paris[0] in top
+
+
+def test_real_decoder_agrees_with_llama_cpp(real_decoder, gemma3_gguf):
+    """The reference runtime on the same file (where llama-cpp-python is installed): the same next-token
+    ranking. llama.cpp multiplies with quantized activations, so logits agree closely, not exactly."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(gemma3_gguf), n_ctx=128, logits_all=True, n_threads=2, verbose=False)
+    for prompt in (b"The capital of France is", b"def add(a, b):\n    return"):
+        tokens = llm.tokenize(prompt, add_bos=True, special=True)
+        llm.reset()
+        llm.eval(tokens)
+        reference = torch.tensor(np.array(llm.scores[len(tokens) - 1]), dtype=torch.float32)
+        with torch.no_grad():
+            ours = real_decoder(torch.tensor([tokens]))[0, -1]
+        assert int(ours.argmax()) == int(reference.argmax())
+        top = set(reference.topk(10).indices.tolist())
+        assert len(top & set(ours.topk(10).indices.tolist())) >= 8
+        assert float(torch.corrcoef(torch.stack([ours, reference]))[0, 1]) > 0.99
