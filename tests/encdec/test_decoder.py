@@ -173,6 +173,8 @@ def real_decoder(gemma3_gguf):
     return load_gguf_decoder(gemma3_gguf)
 
 
+@pytest.mark.gemma3_gguf
+@pytest.mark.real_weights
 def test_real_gemma3_270m_predicts_real_text(real_decoder, real_snapshot):
     """Next-token sanity (no llama.cpp here): perplexity on real text is far below a random model's, and
     the obvious continuation ranks in the top 5."""
@@ -195,6 +197,7 @@ def test_real_gemma3_270m_predicts_real_text(real_decoder, real_snapshot):
     assert tokenizer.encode([" Paris"])[0][1] in top or paris[0] in top
 
 
+@pytest.mark.gemma3_gguf
 def test_real_decoder_agrees_with_llama_cpp(real_decoder, gemma3_gguf):
     """The reference runtime on the same file (where llama-cpp-python is installed): the same next-token
     ranking. llama.cpp multiplies with quantized activations, so logits agree closely, not exactly."""

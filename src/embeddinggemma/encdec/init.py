@@ -21,8 +21,8 @@ import torch
 
 from embeddinggemma.config import EmbeddingGemmaConfig, Gemma3TextConfig, HeadConfig
 from embeddinggemma.encdec.decoder import config_from_gguf, default_gemma3_gguf, init_gemma_weights_, load_decoder
-from embeddinggemma.gguf_io import GGUFFile
 from embeddinggemma.model import EmbeddingGemma
+from embeddinggemma.quant.gguf_read import GGUFFile
 
 logger = logging.getLogger(__name__)
 

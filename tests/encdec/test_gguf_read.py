@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from embeddinggemma.gguf_io import SUPPORTED_TYPES, GGUFError, GGUFFile, dequantize
+from embeddinggemma.quant.gguf_read import SUPPORTED_TYPES, GGUFError, GGUFFile, dequantize
 
 gguf = pytest.importorskip("gguf")
 
@@ -84,6 +84,7 @@ def test_written_file_reads_back(tmp_path):
         GGUFFile(tmp_path / "bad.gguf")
 
 
+@pytest.mark.gemma3_gguf
 def test_every_type_in_gemma3_270m_matches_reference(gemma3_gguf):
     """The real file: one tensor of every type it uses (F32, Q5_0, Q4_K, Q6_K, Q8_0) equals gguf's numpy."""
     file = GGUFFile(gemma3_gguf)

@@ -1,9 +1,10 @@
 """Reading GGUF files: metadata and tensors, dequantized to torch.
 
 The file is parsed by the `gguf` package (`GGUFReader`, memory-mapped); this module only turns its raw
-blocks into float tensors. Dequantization is done in torch, whole tensors at once, with the same fp32
-arithmetic in the same order as ggml's reference (`ggml-quants.c`, mirrored by `gguf.quants`), so the
-results equal the `gguf` package's numpy reference bit for bit (tests/encdec/test_gguf_io.py):
+blocks into float tensors (the reading side of `gguf_export.py`; `encdec/` imports Gemma 3 decoders with it).
+Dequantization is done in torch, whole tensors at once, with the same fp32 arithmetic in the same order as
+ggml's reference (`ggml-quants.c`, mirrored by `gguf.quants`), so the results equal the `gguf` package's
+numpy reference bit for bit (tests/encdec/test_gguf_read.py):
 
 - ``Q8_0``: blocks of 32: fp16 d, 32 int8 q; x = q * d.
 - ``Q5_0``: blocks of 32: fp16 d, 32 high bits (one uint32), 16 bytes of low nibbles; x = (q - 16) * d.
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from embeddinggemma.quant.formats import dequantize as dequantize_blocks
 
 __all__ = ["SUPPORTED_TYPES", "GGUFError", "GGUFFile", "dequantize", "read_gguf"]
 
@@ -53,9 +56,8 @@ def _nibbles(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
-    d = _halves(blocks[:, :2])  # (n, 1)
-    q = blocks[:, 2:].contiguous().view(torch.int8).float()  # (n, 32)
-    return q * d
+    # the layout our own Q8_0 weights use (quant/formats.py): one block per row, x = q * d
+    return dequantize_blocks(blocks[:, 2:].contiguous().view(torch.int8), _halves(blocks[:, :2]))
 
 
 def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
