@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's initialisation ablation (encoder-decoder vs decoder-only vs random init, the same embedding
 # recipe after init) shrunk to 2 CPU cores, repeated over seeds. What the GPU recipes do at full size
-# (recipes/ul2-gemma3-270m.yaml, recipes/init-{encoder-decoder,decoder,random}.yaml), at this scale:
+# (src/embeddinggemma/recipes/ul2-gemma3-270m.yaml, init-{encoder-decoder,decoder,random}.yaml), at this scale:
 #
 #   decoder   Gemma 3 270M (Q4_K_M GGUF, dequantized) cut to LAYERS of its 18 layers by train.student's rule
 #             (18 -> 6 keeps layers [0, 4, 8, 12, 16, 17]: five sliding-window layers, then the last global one),
