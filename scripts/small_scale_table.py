@@ -3,8 +3,8 @@
     python scripts/small_scale_table.py benchmarks/results/2026-11-23-cpu/small-scale
 
 Columns: the local suite's mean (4 tasks) and the code dev split, at each dim x embedding precision the
-runs were scored at, and the last logged student-teacher cosine and in-batch negative cosine (768 dims)
-of the training run (when logged).
+runs were scored at, and the last logged student-teacher cosine and in-batch negative cosine (widest
+dim) of the training run (when logged).
 A run repeated under other seeds (files RUN-seedN-*, from SEED=N scripts/small_scale_study.sh) is shown
 as the mean over its seeds with the lowest and highest value in brackets, so differences between rows
 can be read against the run-to-run noise; a second table gives the full recipe minus each ablation arm,
@@ -34,10 +34,11 @@ ROWS = [
 ]
 
 
-# Columns from the training log: the last logged value of each key.
+# Columns from the training log: the last logged value of each key (a key logged per Matryoshka dim,
+# KEY@DIM: at the widest dim, 768 for EmbeddingGemma, 640 for the models built from Gemma 3 270M).
 LOGGED = {
     "teacher_cosine": "teacher cos",  # student-teacher cosine (distillation arms)
-    "in_batch_negative_similarity@768": "in-batch neg cos",  # collapse shows as unrelated texts moving together
+    "in_batch_negative_similarity": "in-batch neg cos",  # collapse shows as unrelated texts moving together
 }
 FULL = "finetune-code"  # each ablation-* arm is this recipe with one term removed
 
@@ -48,7 +49,10 @@ def _last_logged(log: Path) -> dict[str, float]:
         return {}
     last = {}
     for record in map(json.loads, log.read_text().splitlines()):
-        last.update({key: record[key] for key in LOGGED if key in record})
+        for key in LOGGED:
+            per_dim = [k for k in record if k.startswith(f"{key}@")]
+            if key in record or per_dim:
+                last[key] = record[key] if key in record else record[max(per_dim, key=lambda k: int(k.split("@")[1]))]
     return last
 
 
