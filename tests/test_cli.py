@@ -565,6 +565,7 @@ def test_subcommands_are_listed(capsys):
         "train",
         "soup",
         "student",
+        "adapt",
         "embed-dataset",
         "index",
         "search",

@@ -33,7 +33,7 @@ from embeddinggemma.records import FORMATS, TextSource
 from embeddinggemma.scale.cli import add_embed_dataset_parser
 from embeddinggemma.serve.cli import add_serve_parser
 from embeddinggemma.tokenizer import TruncationError, TruncationWarning
-from embeddinggemma.train.cli import add_soup_parser, add_student_parser, add_train_parser
+from embeddinggemma.train.cli import add_adapt_parser, add_soup_parser, add_student_parser, add_train_parser
 from embeddinggemma.writers import OUTPUT_SUFFIXES, JsonlWriter, NpyWriter, check_output_path, open_writer
 
 logger = logging.getLogger("embeddinggemma")
@@ -404,6 +404,7 @@ SUBCOMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
     add_train_parser,  # train: a recipe
     add_soup_parser,  # soup: average checkpoints
     add_student_parser,  # student: cut layers from a checkpoint
+    add_adapt_parser,  # adapt: UL2 adaptation of a Gemma 3 decoder into an encoder-decoder
     add_embed_dataset_parser,  # embed-dataset: files on a Ray cluster (embeddinggemma.scale)
     add_index_parser,  # index: a folder into a SQLite search index
     add_search_parser,  # search: dense, BM25 or hybrid over an index

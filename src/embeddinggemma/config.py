@@ -58,7 +58,12 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
 
 @dataclass(frozen=True)
 class Gemma3TextConfig:
-    """The bidirectional Gemma 3 text encoder (doc section 2). Defaults are EmbeddingGemma-300m's."""
+    """The Gemma 3 text stack (doc section 2). Defaults are EmbeddingGemma-300m's: bidirectional.
+
+    ``use_bidirectional_attention=False`` describes the causal Gemma 3 language model, which only the
+    decoder path (`embeddinggemma.encdec`) builds; an embedding model refuses it (`EmbeddingGemmaConfig`,
+    and `from_hf_dict` unless the caller asks for a decoder).
+    """
 
     vocab_size: int = 262144
     hidden_size: int = 768
@@ -102,12 +107,6 @@ class Gemma3TextConfig:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.hidden_activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
             raise ConfigError(f"hidden_activation {self.hidden_activation!r} is not Gemma 3's gated tanh-GELU")
-        if not self.use_bidirectional_attention:
-            raise ConfigError(
-                "use_bidirectional_attention is false: that is the causal Gemma 3 language model, not "
-                "EmbeddingGemma. Causal attention silently degrades embeddings (sentence-transformers "
-                "#3725); set it to true in config.json if this checkpoint is an encoder"
-            )
 
     @property
     def window_radius(self) -> int:
@@ -123,11 +122,12 @@ class Gemma3TextConfig:
         return math.sqrt(self.hidden_size)
 
     @classmethod
-    def from_hf_dict(cls, raw: Mapping[str, Any]) -> Gemma3TextConfig:
+    def from_hf_dict(cls, raw: Mapping[str, Any], *, causal: bool = False) -> Gemma3TextConfig:
         """Read a Hugging Face `config.json` (transformers 4.x or 5.x layout).
 
         Unknown keys (use_cache, initializer_range, ...) are ignored; keys that would change the
-        arithmetic in a way this implementation does not follow raise `ConfigError`.
+        arithmetic in a way this implementation does not follow raise `ConfigError`. A causal config
+        (the Gemma 3 language model) is refused unless `causal=True` (the decoder path asks for it).
         """
         model_type = raw.get("model_type", "gemma3_text")
         if model_type != "gemma3_text":
@@ -169,7 +169,19 @@ class Gemma3TextConfig:
             )
         if kwargs.get("head_dim") is None and "hidden_size" in kwargs:
             kwargs["head_dim"] = kwargs["hidden_size"] // kwargs.get("num_attention_heads", 3)
-        return cls(**kwargs)
+        config = cls(**kwargs)
+        if not causal:
+            config.require_bidirectional()
+        return config
+
+    def require_bidirectional(self) -> None:
+        """Raise `ConfigError` for a causal config: an embedding model must attend both ways."""
+        if not self.use_bidirectional_attention:
+            raise ConfigError(
+                "use_bidirectional_attention is false: that is the causal Gemma 3 language model, not "
+                "EmbeddingGemma. Causal attention silently degrades embeddings (sentence-transformers "
+                "#3725); set it to true in config.json if this checkpoint is an encoder"
+            )
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The `config.json` that transformers' `Gemma3TextModel` and sentence-transformers read."""
@@ -209,6 +221,9 @@ class EmbeddingGemmaConfig:
     backbone: Gemma3TextConfig = field(default_factory=Gemma3TextConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     max_seq_length: int = 2048
+
+    def __post_init__(self) -> None:
+        self.backbone.require_bidirectional()
 
     @property
     def embedding_dim(self) -> int:

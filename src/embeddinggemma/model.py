@@ -61,6 +61,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
+def rope_tables(
+    config: Gemma3TextConfig, position_ids: torch.Tensor, dtype: torch.dtype
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """cos/sin per layer type: global layers rotate with rope_theta, sliding layers with the local base."""
+    return {
+        "full_attention": rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, dtype),
+        "sliding_attention": rotary_cos_sin(position_ids, config.head_dim, config.rope_local_base_freq, dtype),
+    }
+
+
 class Attention(nn.Module):
     """Multi-query attention with QK-norm applied before RoPE (Gemma 3)."""
 
@@ -163,11 +173,7 @@ class Gemma3Encoder(nn.Module):
         every layer plus the final output (the convention of transformers' `hidden_states`).
         """
         hidden = self.embed(input_ids)
-        cfg = self.config
-        rope = {
-            "full_attention": rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, hidden.dtype),
-            "sliding_attention": rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_local_base_freq, hidden.dtype),
-        }
+        rope = rope_tables(self.config, position_ids, hidden.dtype)
         states = [hidden] if output_hidden_states else []
         for layer in self.layers:
             cos, sin = rope[layer.layer_type]

@@ -152,6 +152,10 @@ class TextTokenizer(BaseTokenizer):
     def _token_name(self, token_id: int) -> str:
         return self._tokenizer.id_to_token(token_id) or str(token_id)
 
+    def vocabulary(self) -> dict[str, int]:
+        """Token -> id, added tokens included (UL2 takes its sentinels from the `<unusedN>` tokens)."""
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
 
 class SentencePieceTokenizer(BaseTokenizer):
     """The `sentencepiece` backend (tokenizer.model), for low memory.

@@ -27,6 +27,13 @@ def test_the_recipes_ship_as_package_data():
 @pytest.mark.parametrize("name", shipped_recipes())
 def test_every_recipe_loads_and_round_trips(name):
     overrides = ["model.checkpoint=/some/tiny/model"] if name == "smoke-tiny" else []
+    if name.startswith("ul2-"):  # UL2 adaptation recipes (embeddinggemma adapt): their own schema
+        from embeddinggemma.train.ul2 import UL2Recipe
+
+        recipe = load_recipe(name, schema=UL2Recipe)
+        assert recipe.name == name and recipe.description
+        assert from_dict(UL2Recipe, recipe_to_dict(recipe)) == recipe
+        return
     recipe = load_recipe(name, overrides)
     assert recipe.name == name
     assert recipe.description

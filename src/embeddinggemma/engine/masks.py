@@ -10,6 +10,10 @@ Bidirectional Gemma 3 has two masks:
 Padding masks keys only. A padded query whose whole band is padding would get an all-masked softmax
 row, i.e. NaN, which leaks into real tokens through 0 * NaN (transformers #45491); we let every query
 see itself, which changes nothing for real tokens (their diagonal is already visible).
+
+The causal Gemma 3 language model (the decoder of `embeddinggemma.encdec`) is the same stack with
+`causal=True`: query i sees key j iff j <= i, and on sliding layers also i - j < sliding_window (a left
+window of `sliding_window` tokens, the query included: transformers' `sliding_window_overlay`).
 """
 
 from __future__ import annotations
@@ -28,15 +32,33 @@ def band_mask(length: int, radius: int, device: torch.device | str | None = None
     return (idx[:, None] - idx[None, :]).abs() <= radius
 
 
-def padded_masks(attention_mask: torch.Tensor, config: Gemma3TextConfig) -> dict[str, torch.Tensor]:
+def causal_band(positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """(T, T) bool from positions (T,): True where key j is at or before query i, and within the left
+    window (i - j < window) unless `window` is None."""
+    offset = positions[:, None] - positions[None, :]
+    allowed = offset >= 0
+    return allowed if window is None else allowed & (offset < window)
+
+
+def padded_masks(
+    attention_mask: torch.Tensor, config: Gemma3TextConfig, *, causal: bool = False
+) -> dict[str, torch.Tensor]:
     """Boolean masks (True = attend) for a right-padded batch, per layer type.
 
     attention_mask: (B, T), 1 for real tokens. Full layers get a (B, 1, 1, T) key mask (broadcast over
-    queries); sliding layers need (B, 1, T, T) only when the batch is longer than the band.
+    queries); sliding layers need (B, 1, T, T) only when the batch is longer than the band. `causal`:
+    the decoder's masks, (B, 1, T, T) on every layer.
     """
     valid = attention_mask.bool()
     length = valid.shape[1]
     keys = valid[:, None, None, :]  # (B, 1, 1, T)
+    if causal:
+        positions = torch.arange(length, device=valid.device)
+        diagonal = torch.eye(length, dtype=torch.bool, device=valid.device)
+        return {
+            FULL_ATTENTION: (causal_band(positions, None) & keys) | diagonal,
+            SLIDING_ATTENTION: (causal_band(positions, config.sliding_window) & keys) | diagonal,
+        }
     masks = {FULL_ATTENTION: keys}
     if length - 1 <= config.window_radius:
         masks[SLIDING_ATTENTION] = keys  # the band covers the whole batch
@@ -56,12 +78,16 @@ def sdpa_attention(mask: torch.Tensor | None) -> AttentionFn:
     return attend
 
 
-def padded_attention(attention_mask: torch.Tensor, config: Gemma3TextConfig) -> dict[str, AttentionFn]:
-    return {kind: sdpa_attention(mask) for kind, mask in padded_masks(attention_mask, config).items()}
+def padded_attention(
+    attention_mask: torch.Tensor, config: Gemma3TextConfig, *, causal: bool = False
+) -> dict[str, AttentionFn]:
+    masks = padded_masks(attention_mask, config, causal=causal)
+    return {kind: sdpa_attention(mask) for kind, mask in masks.items()}
 
 
-def packed_masks(batch: PackedBatch, config: Gemma3TextConfig) -> dict[str, torch.Tensor]:
-    """Dense (1, 1, N, N) boolean masks: same segment, and within the band on sliding layers.
+def packed_masks(batch: PackedBatch, config: Gemma3TextConfig, *, causal: bool = False) -> dict[str, torch.Tensor]:
+    """Dense (1, 1, N, N) boolean masks: same segment, and within the band on sliding layers (`causal`:
+    at or before the query, within the left window on sliding layers).
 
     The reference for the fast kernels, and the CPU training path for moderate N. Filler tokens form
     their own segments, so no row is empty.
@@ -69,9 +95,16 @@ def packed_masks(batch: PackedBatch, config: Gemma3TextConfig) -> dict[str, torc
     segments = batch.segment_ids
     positions = batch.position_ids[0]
     same_text = segments[:, None] == segments[None, :]
+    if causal:
+        return {
+            FULL_ATTENTION: (same_text & causal_band(positions, None))[None, None],
+            SLIDING_ATTENTION: (same_text & causal_band(positions, config.sliding_window))[None, None],
+        }
     band = (positions[:, None] - positions[None, :]).abs() <= config.window_radius
     return {FULL_ATTENTION: same_text[None, None], SLIDING_ATTENTION: (same_text & band)[None, None]}
 
 
-def packed_dense_attention(batch: PackedBatch, config: Gemma3TextConfig) -> dict[str, AttentionFn]:
-    return {kind: sdpa_attention(mask) for kind, mask in packed_masks(batch, config).items()}
+def packed_dense_attention(
+    batch: PackedBatch, config: Gemma3TextConfig, *, causal: bool = False
+) -> dict[str, AttentionFn]:
+    return {kind: sdpa_attention(mask) for kind, mask in packed_masks(batch, config, causal=causal).items()}

@@ -5,6 +5,7 @@
     torchrun --nproc-per-node 8 -m embeddinggemma.cli train RECIPE    data parallel (each rank runs this)
     embeddinggemma soup CKPT CKPT ... -o OUT [--weights 1 2 ...]
     embeddinggemma student CKPT --layers 12 -o OUT     a shallower copy to distil into (train/student.py)
+    embeddinggemma adapt RECIPE [KEY=VALUE ...]        UL2 adaptation of a Gemma 3 decoder (train/ul2.py)
 
 Only argparse is imported here: torch and the trainer load inside the handlers, so ``embeddinggemma
 --help`` stays fast. Bad recipes and incompatible checkpoints are ``ValueError``s, which the main entry
@@ -19,7 +20,16 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_soup_parser", "add_student_parser", "add_train_parser", "cmd_soup", "cmd_student", "cmd_train"]
+__all__ = [
+    "add_adapt_parser",
+    "add_soup_parser",
+    "add_student_parser",
+    "add_train_parser",
+    "cmd_adapt",
+    "cmd_soup",
+    "cmd_student",
+    "cmd_train",
+]
 
 
 def add_train_parser(sub: Any) -> argparse.ArgumentParser:
@@ -59,6 +69,21 @@ def add_student_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, required=True, help="layers to keep, e.g. 12 of 24")
     parser.add_argument("-o", "--output", required=True, help="new directory for the student")
     parser.set_defaults(func=cmd_student)
+    return parser
+
+
+def add_adapt_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "adapt",
+        help="UL2-adapt a Gemma 3 decoder into an encoder-decoder (the encoder-decoder initialisation)",
+        description="Train a T5Gemma-style encoder-decoder built from a Gemma 3 decoder on the UL2 mixture "
+        "(recipe: a YAML file or a name from recipes/, e.g. ul2-gemma3-270m). Its output directory is what "
+        "an embedding recipe's model.init=encoder-decoder reads (model.init_from).",
+    )
+    parser.add_argument("recipe", help="UL2 recipe file or name")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=100 model.layers=6")
+    parser.add_argument("--print", action="store_true", help="print the resolved recipe and exit")
+    parser.set_defaults(func=cmd_adapt)
     return parser
 
 
@@ -113,4 +138,20 @@ def cmd_student(args: argparse.Namespace) -> int:
 
     out, kept = make_student(args.checkpoint, args.output, args.layers)
     print(f"student with {len(kept)} layers (teacher layers {kept}) -> {out}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from embeddinggemma.train.recipes import recipe_to_dict
+    from embeddinggemma.train.ul2 import adapt_recipe, load_ul2_recipe
+
+    recipe = load_ul2_recipe(args.recipe, args.overrides)
+    if args.print:
+        import yaml
+
+        print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
+        return 0
+    _progress_to_stdout()
+    final = adapt_recipe(recipe)
+    print(f"adapted {recipe.name}: {recipe.train.steps} steps -> {final}")
     return 0

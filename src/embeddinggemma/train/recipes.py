@@ -64,9 +64,16 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What to train: a checkpoint, optionally cut to a shallower student (``student.py``)."""
+    """What to train: a checkpoint, or a new model initialised from a Gemma 3 decoder (``init``, paper
+    section 2: ``encdec.init``), optionally cut to a shallower student (``student.py``)."""
 
-    checkpoint: str  # hub id or directory in the sentence-transformers layout
+    checkpoint: str  # hub id or directory in the sentence-transformers layout (init: its tokenizer and prompts)
+    # checkpoint: the checkpoint's weights. encoder-decoder: the encoder of a UL2-adapted encoder-decoder
+    # (init_from: its directory, from `embeddinggemma adapt`). decoder: a Gemma 3 decoder's weights, run
+    # bidirectionally (init_from: a .gguf file or decoder directory; null: Gemma 3 270M). random: the
+    # decoder's architecture, Gemma-initialised. The head (d -> 4d -> d) is new for all three.
+    init: Literal["checkpoint", "encoder-decoder", "decoder", "random"] = "checkpoint"
+    init_from: str | None = None
     student_layers: int | None = None  # keep this many layers (selection rule in student.py)
     max_seq_length: int = 512  # training truncation (the paper evaluates at 512 tokens)
     freeze_embeddings: StrictBool = False  # the 262k x 768 table is 2/3 of the parameters
@@ -180,6 +187,10 @@ class Recipe:
             (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
             (self.model.max_seq_length >= 2, "model.max_seq_length must be >= 2 (BOS and EOS)"),
             (self.data.synthetic or bool(self.data.datasets), "data.datasets is empty; name at least one dataset"),
+            (
+                self.model.init != "encoder-decoder" or self.model.init_from is not None,
+                "model.init encoder-decoder needs model.init_from: the adapted encoder-decoder directory",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -319,8 +330,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return out
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read, merge (``base``), override and validate a recipe.
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, schema: type = Recipe) -> Any:
+    """Read, merge (``base``), override and validate a recipe (``schema``: ``Recipe``, or another recipe
+    dataclass such as ``train.ul2.UL2Recipe``).
 
     A name such as ``smoke-tiny`` or ``smoke-tiny.yaml`` (or any path that does not exist, by its file name)
     is looked up among the recipes shipped with the package (:func:`shipped_recipes`).
@@ -332,6 +344,6 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             source = shipped
     raw = apply_overrides(_read_raw(source, SHIPPED_RECIPES), overrides)
     try:
-        return from_dict(Recipe, raw)
+        return from_dict(schema, raw)
     except RecipeError as exc:
         raise RecipeError(f"{source}: {exc}") from None

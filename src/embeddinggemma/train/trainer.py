@@ -168,17 +168,7 @@ class Trainer:
         """One optimizer step on one global batch; returns the scalar terms and statistics."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        terms, stats = forward_backward(
-            self.model,
-            self.loss_fn,
-            batch,
-            self.tokenizer,
-            ctx=self.ctx,
-            gradient_cache=self.train_cfg.gradient_cache,
-            micro_batch_tokens=self.train_cfg.micro_batch_tokens,
-            autocast_dtype=self.autocast,
-            packing=self.packing,
-        )
+        terms, stats = self.forward_backward(batch)
         loss = float(terms["loss"])
         if not math.isfinite(loss):
             raise FloatingPointError(
@@ -199,6 +189,30 @@ class Trainer:
         out["tokens"] = self.ctx.sum_scalar(stats["tokens"])
         out["texts"] = self.ctx.sum_scalar(stats["texts"])
         return out
+
+    def forward_backward(self, batch: Any) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Loss terms (scalars; "loss" is what was back-propagated) and token/text counts of this rank's
+        share of `batch`, with the gradients accumulated into the parameters. Other objectives (the
+        UL2 adaptation, `train.ul2`) override this; the rest of the step is shared."""
+        return forward_backward(
+            self.model,
+            self.loss_fn,
+            batch,
+            self.tokenizer,
+            ctx=self.ctx,
+            gradient_cache=self.train_cfg.gradient_cache,
+            micro_batch_tokens=self.train_cfg.micro_batch_tokens,
+            autocast_dtype=self.autocast,
+            packing=self.packing,
+        )
+
+    def save_model(self, directory: Path) -> None:
+        """Write the model in its loadable layout (here: sentence-transformers; overridden for other models)."""
+        save_checkpoint(self.model, directory, tokenizer_dir=self.info.path, prompts=self.info.prompts)
+
+    def load_model(self, directory: Path) -> nn.Module:
+        """Read back what `save_model` wrote (float32, CPU)."""
+        return load_checkpoint(directory, dtype=torch.float32)[0]
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -236,7 +250,7 @@ class Trainer:
         if self.ctx.is_main:
             if final.exists():
                 shutil.rmtree(final)
-            save_checkpoint(self.model, final, tokenizer_dir=self.info.path, prompts=self.info.prompts)
+            self.save_model(final)
             logger.info("final model written to %s", final)
         self.save_checkpoint()
         return final
@@ -343,7 +357,7 @@ class Trainer:
         tmp = final.with_name(final.name + ".tmp")
         if self.ctx.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(self.model, tmp / "model", tokenizer_dir=self.info.path, prompts=self.info.prompts)
+            self.save_model(tmp / "model")
             state = {
                 "step": self.step,
                 "world_size": self.ctx.world_size,
@@ -375,7 +389,7 @@ class Trainer:
                 "resuming a %d-process run on %d processes: the global batch is the same, the RNG streams are not",
                 state["world_size"], self.ctx.world_size,
             )  # fmt: skip
-        saved, _ = load_checkpoint(directory / "model", dtype=torch.float32)
+        saved = self.load_model(directory / "model")
         with torch.no_grad():
             for (name, param), (saved_name, value) in zip(
                 self.model.state_dict().items(), saved.state_dict().items(), strict=True
@@ -489,7 +503,17 @@ def train_recipe(recipe: Recipe, *, loader: Any = None) -> Path:
     resolve_packing(recipe.train.packing, ctx.device, resolve_autocast(recipe.train.precision, ctx.device))
     torch.manual_seed(recipe.train.seed)
     random.seed(recipe.train.seed)
-    model, info = load_checkpoint(recipe.model.checkpoint, dtype=torch.float32, device=ctx.device)
+    if recipe.model.init == "checkpoint":
+        model, info = load_checkpoint(recipe.model.checkpoint, dtype=torch.float32, device=ctx.device)
+    else:  # a new model from a Gemma 3 decoder; the checkpoint lends its tokenizer and prompts
+        from embeddinggemma.checkpoint import read_checkpoint_info, resolve_checkpoint
+        from embeddinggemma.encdec.init import init_embedding_model
+
+        source, _ = read_checkpoint_info(resolve_checkpoint(recipe.model.checkpoint))
+        model = init_embedding_model(
+            recipe.model.init, recipe.model.init_from, max_seq_length=source.config.max_seq_length
+        ).to(ctx.device)
+        info = CheckpointInfo(path=source.path, config=model.config, prompts=source.prompts)
     if recipe.model.student_layers is not None:
         model, kept = student_from_model(model, recipe.model.student_layers)
         info = CheckpointInfo(path=info.path, config=model.config, prompts=info.prompts)
