@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from embeddinggemma.config import FULL_ATTENTION, SLIDING_ATTENTION, Gemma3TextConfig
+from embeddinggemma.config import EmbeddingGemmaConfig, Gemma3TextConfig
 
 
 def tiny_causal_config(**overrides) -> Gemma3TextConfig:
-    """Odd sizes (as tests/conftest.py's tiny encoder), causal, a left window shorter than the inputs."""
-    base = dict(
-        vocab_size=99,
-        hidden_size=48,
-        intermediate_size=37,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        query_pre_attn_scalar=24,
-        sliding_window=5,
-        layer_types=(SLIDING_ATTENTION, SLIDING_ATTENTION, FULL_ATTENTION),
-        max_position_embeddings=128,
-        use_bidirectional_attention=False,
-    )
-    return Gemma3TextConfig(**(base | overrides))
+    """The tiny encoder's odd sizes (EmbeddingGemmaConfig.tiny), causal, a left window shorter than the inputs."""
+    base = {"sliding_window": 5, "use_bidirectional_attention": False}
+    return dataclasses.replace(EmbeddingGemmaConfig.tiny().backbone, **(base | overrides))
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> None:

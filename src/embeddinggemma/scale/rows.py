@@ -257,7 +257,7 @@ class RowEmbedder:
         vectors = {}
         for dim in self.dims:
             if parts:
-                floats = matryoshka_truncate(torch.cat(parts), dim).numpy()
+                floats = matryoshka_truncate(torch.cat(parts).numpy(), dim)  # numpy arithmetic, as encode()
             else:
                 floats = np.zeros((0, dim), dtype=np.float32)
             vectors[dim] = self._encode_precision(floats, dim)

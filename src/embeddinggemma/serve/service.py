@@ -260,7 +260,7 @@ class EmbeddingService:
                 code="request_too_large",
             )
         embeddings, queue_seconds, inference_seconds = await self._run(token_ids, request)
-        finished = matryoshka_truncate(embeddings, dim, normalize=normalize).numpy()
+        finished = matryoshka_truncate(embeddings.numpy(), dim, normalize=normalize)  # numpy arithmetic, as encode()
         return EmbedResult(
             finished,
             prompt_tokens=tokens,
