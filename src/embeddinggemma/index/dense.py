@@ -135,7 +135,10 @@ class DenseIndex:
             scores = self.vectors @ query
             return [(int(self.ids[r]), float(scores[r])) for r in _top(scores, k)]
         wanted = min(len(self), k * self.rescore)
-        candidates = self._first_pass(query, wanted)
+        if wanted == len(self):  # every chunk gets rescored: the exact answer, whatever a graph search would miss
+            candidates = np.asarray(self.graph.keys, dtype=np.int64) if self.method == "hnsw" else self.ids
+        else:
+            candidates = self._first_pass(query, wanted)
         candidates = np.sort(candidates)  # id order, so that ties go to the lower id as in exact search
         exact = self.store.vectors(candidates, self.dim) @ query
         return [(int(candidates[i]), float(exact[i])) for i in _top(exact, k)]
