@@ -9,6 +9,26 @@ import pytest
 from embeddinggemma import Embedder
 
 # Words from the tiny model's vocabulary (tests/conftest.py), so the tiny model sees real tokens.
+# Words of the tiny test tokenizer (tests/conftest.py), for texts of known tokens.
+WORDS = [
+    "the",
+    "red",
+    "planet",
+    "mars",
+    "venus",
+    "is",
+    "known",
+    "as",
+    "which",
+    "of",
+    "and",
+    "to",
+    "in",
+    "for",
+    "on",
+    "with",
+]
+
 MARKDOWN = """# Planets
 
 The red planet is mars.

@@ -9,26 +9,7 @@ import pytest
 from embeddinggemma.index.chunking import Chunker, find_headings
 from embeddinggemma.prompts import document_prompt
 
-from .conftest import MARKDOWN, PYTHON, RST
-
-WORDS = [
-    "the",
-    "red",
-    "planet",
-    "mars",
-    "venus",
-    "is",
-    "known",
-    "as",
-    "which",
-    "of",
-    "and",
-    "to",
-    "in",
-    "for",
-    "on",
-    "with",
-]
+from .conftest import MARKDOWN, PYTHON, RST, WORDS
 
 
 def _chunker(tiny_embedder, **kwargs) -> Chunker:

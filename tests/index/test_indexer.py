@@ -12,6 +12,8 @@ from embeddinggemma.index import IndexMismatchError, IndexOptions, Searcher, ind
 from embeddinggemma.index import indexer as indexer_module
 from embeddinggemma.index.store import IndexStore, fts_query
 
+from .conftest import WORDS
+
 
 def _index(folder, db, embedder, **options):
     rebuild = options.pop("rebuild", False)
@@ -154,27 +156,7 @@ def test_ctrl_c_keeps_a_consistent_index_and_the_next_run_resumes(tmp_path, tiny
 def test_approximate_dense_methods_rescore_to_the_exact_answer(tmp_path, tiny_embedder):
     folder = tmp_path / "docs"
     folder.mkdir()
-    words = [
-        "the",
-        "red",
-        "planet",
-        "mars",
-        "venus",
-        "is",
-        "known",
-        "as",
-        "which",
-        "of",
-        "and",
-        "to",
-        "in",
-        "for",
-        "on",
-        "with",
-        "code",
-        "python",
-        "function",
-    ]
+    words = [*WORDS, "code", "python", "function"]
     rng = np.random.default_rng(0)
     for i in range(40):
         (folder / f"d{i}.txt").write_text(" ".join(rng.choice(words, 12)) + "\n", encoding="utf-8")
