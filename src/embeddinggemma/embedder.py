@@ -35,7 +35,14 @@ from embeddinggemma.inputs import (  # noqa: F401 (re-exported: callers import t
 from embeddinggemma.matryoshka import matryoshka_truncate, trained_dims
 from embeddinggemma.model import EmbeddingGemma
 from embeddinggemma.prompts import PromptTable, document_prompt
-from embeddinggemma.tokenizer import BaseTokenizer, OnTruncation, TokenizerBackend, load_tokenizer
+from embeddinggemma.tokenizer import (
+    BaseTokenizer,
+    OnTruncation,
+    TextTokenizer,
+    TokenizerBackend,
+    TokenizerProcesses,
+    load_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,11 @@ Output = Literal["numpy", "torch"]
 # Texts tokenised per step when tokenisation overlaps the device's work (GPU engine).
 PIPELINE_CHUNK = 16384
 FIRST_PIPELINE_CHUNK = 512
+# Inputs of at least this many texts on a GPU tokenise in worker processes (`TokenizerProcesses`), when
+# the machine has the cores for it: several per worker left over for the process that drives the GPU.
+PROCESS_TOKENIZE_MIN_TEXTS = 4096
+MIN_CPUS_FOR_TOKENIZER_PROCESSES = 8
+MAX_TOKENIZER_PROCESSES = 8
 
 _DTYPES = {
     "float32": torch.float32,
@@ -109,12 +121,17 @@ class Embedder:
         *,
         source: Path | None = None,
         runner: Runner | None = None,
+        tokenizer_workers: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.source = source
         self.runner = runner or default_runner(model, tokenizer.pad_id)
+        if tokenizer_workers is not None and (not isinstance(tokenizer_workers, int) or tokenizer_workers < 0):
+            raise ValueError(f"tokenizer_workers must be None (automatic) or >= 0, got {tokenizer_workers!r}")
+        self.tokenizer_workers = tokenizer_workers
+        self._processes: TokenizerProcesses | None = None
         self._warned_dims: set[int] = set()
 
     @classmethod
@@ -130,6 +147,7 @@ class Embedder:
         tokenizer: TokenizerBackend = "auto",
         engine: str = "auto",
         num_threads: int | None = None,
+        tokenizer_workers: int | None = None,
         **engine_options,
     ) -> Embedder:
         """Load a sentence-transformers checkpoint: a hub id (standard HF cache) or a local directory.
@@ -148,6 +166,9 @@ class Embedder:
           batch is bounded by `max_batch_tokens` (default 65,536) alone; `batch_size` applies to the
           padded engine.
         - `num_threads` sets PyTorch's intra-op threads (process-wide) and the quantized runtime's threads.
+        - `tokenizer_workers`: processes that tokenise big inputs (>= 4,096 texts) so the thread driving
+          the GPU never waits for the GIL; None: automatic (on CUDA with >= 8 CPUs, half of them, at most
+          8; none otherwise), 0: never. They start on the first big input and answer once ready.
         """
         if num_threads is not None:
             if num_threads < 1:
@@ -169,7 +190,13 @@ class Embedder:
         if tokenizer == "auto" and not quantize:
             tokenizer = "tokenizers"  # the reference; "auto" picks the low-memory one for the on-device path
         return cls.from_model(
-            model, info, max_seq_length=max_seq_length, tokenizer=tokenizer, engine=engine, **engine_options
+            model,
+            info,
+            max_seq_length=max_seq_length,
+            tokenizer=tokenizer,
+            engine=engine,
+            tokenizer_workers=tokenizer_workers,
+            **engine_options,
         )
 
     @classmethod
@@ -181,13 +208,21 @@ class Embedder:
         max_seq_length: int | None = None,
         tokenizer: TokenizerBackend = "tokenizers",
         engine: str = "auto",
+        tokenizer_workers: int | None = None,
         **engine_options,
     ) -> Embedder:
         limit = check_max_seq_length(max_seq_length, info.config.max_seq_length)
         backbone = info.config.backbone
         text_tokenizer = load_tokenizer(info.path, backbone, max_length=limit, backend=tokenizer)
         runner = default_runner(model, backbone.pad_token_id, engine, **engine_options)
-        return cls(model, text_tokenizer, PromptTable(info.prompts), source=info.path, runner=runner)
+        return cls(
+            model,
+            text_tokenizer,
+            PromptTable(info.prompts),
+            source=info.path,
+            runner=runner,
+            tokenizer_workers=tokenizer_workers,
+        )
 
     # -- properties -------------------------------------------------------------------------------
 
@@ -333,11 +368,16 @@ class Embedder:
                 prompted = [document_prompt(title) + text for text, title in chunk]
             else:
                 prompted = [fixed_prompt + text for text, _ in chunk]
-            return self.tokenizer.encode(prompted, on_truncation=on_truncation, first_index=first)
+            # a stream is big once it has passed a chunk (its length is not known in advance)
+            return self._tokenize(prompted, on_truncation, first, self._tokenizer_processes(offset))
 
         with _progress_bar(None, show_progress) as bar:
-            for token_ids in prefetch_map(tokenize, chunked(pairs, chunk_size)):
-                embeddings = self.runner.embed(token_ids, max_texts=batch_size, progress=bar.update)
+            token_chunks = prefetch_map(tokenize, chunked(pairs, chunk_size))
+            if getattr(self.runner, "pipelined", False):  # the device stays busy across chunk boundaries
+                blocks = self.runner.embed_chunks(token_chunks, progress=bar.update)
+            else:
+                blocks = (self.runner.embed(ids, max_texts=batch_size, progress=bar.update) for ids in token_chunks)
+            for embeddings in blocks:
                 yield matryoshka_truncate(embeddings.numpy(), dim, normalize=normalize)
 
     def _encode_prompted(
@@ -376,14 +416,47 @@ class Embedder:
         """Tokenise chunk k+1 on a host thread while the device embeds chunk k (GPU engine)."""
         offset = 0
 
-        def tokenize(chunk: list[str]) -> list[list[int]]:  # chunks arrive in order, one at a time
+        processes = self._tokenizer_processes(len(texts))
+
+        def tokenize(chunk: list[str]) -> Sequence[Sequence[int]]:  # chunks arrive in order, one at a time
             nonlocal offset
             first, offset = offset, offset + len(chunk)
-            return self.tokenizer.encode(chunk, on_truncation=on_truncation, first_index=first)
+            return self._tokenize(chunk, on_truncation, first, processes)
 
         with _progress_bar(len(texts), show_progress) as bar:
             token_chunks = prefetch_map(tokenize, _growing_chunks(texts))
             return torch.cat(list(self.runner.embed_chunks(token_chunks, progress=bar.update)))
+
+    def _tokenizer_processes(self, num_texts: int) -> TokenizerProcesses | None:
+        """The worker processes for an input of `num_texts` texts, started on first need; None where
+        tokenising in this process is the better choice (small inputs, few cores, CPU models)."""
+        if self._processes is not None:
+            return self._processes if num_texts >= PROCESS_TOKENIZE_MIN_TEXTS else None
+        workers = self.tokenizer_workers
+        if workers is None:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            wanted = getattr(self.runner, "pipelined", False) and cpus >= MIN_CPUS_FOR_TOKENIZER_PROCESSES
+            workers = min(MAX_TOKENIZER_PROCESSES, cpus // 2) if wanted else 0
+        if workers == 0 or num_texts < PROCESS_TOKENIZE_MIN_TEXTS:
+            return None
+        if not isinstance(self.tokenizer, TextTokenizer) or self.tokenizer.source_file is None:
+            return None  # only the `tokenizers` backend loaded from its file runs in workers
+        self._processes = TokenizerProcesses(self.tokenizer, workers)
+        return self._processes
+
+    def _tokenize(
+        self, texts: list[str], on_truncation: OnTruncation, first_index: int, processes: TokenizerProcesses | None
+    ) -> Sequence[Sequence[int]]:
+        """Token ids of a chunk: in the worker processes once they are ready, here until then."""
+        if processes is not None and processes.ready:
+            return processes.encode(texts, on_truncation, first_index=first_index)
+        return self.tokenizer.encode(texts, on_truncation=on_truncation, first_index=first_index)
+
+    def close(self) -> None:
+        """Stop the tokenizer worker processes, if any were started (they also stop at exit)."""
+        if self._processes is not None:
+            self._processes.close()
+            self._processes = None
 
     def embed_token_ids(
         self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 32, show_progress: bool = False

@@ -89,7 +89,10 @@ def pack(token_ids: Sequence[Sequence[int]], *, pad_id: int = 0, multiple_of: in
     segment_lengths = np.concatenate([lengths, np.asarray(filler_segments(total, padded), dtype=np.int64)])
     starts = np.cumsum(segment_lengths) - segment_lengths
     input_ids = np.full(padded, pad_id, dtype=np.int64)
-    input_ids[:total] = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=total)
+    if isinstance(token_ids[0], np.ndarray):  # rows of one buffer (`TokenizerProcesses`): no per-token work
+        np.concatenate(token_ids, out=input_ids[:total])
+    else:
+        input_ids[:total] = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=total)
     segment_ids = np.repeat(np.arange(len(segment_lengths)), segment_lengths)
     positions = np.arange(padded) - np.repeat(starts, segment_lengths)
     cu_seqlens = np.concatenate([[0], np.cumsum(segment_lengths)]).astype(np.int32)
