@@ -43,6 +43,36 @@ def test_fused_structure_equals_the_modules(tiny, attention):
     torch.testing.assert_close(via_fused, modules, atol=2e-5, rtol=1e-4)
 
 
+def test_cached_fused_weights_follow_the_model(tiny_st_dir):
+    """The concatenated projections are cached, but a weight changed in place (training) or replaced
+    (a reload) is seen at the next call."""
+    embedder = Embedder.from_pretrained(tiny_st_dir, device="cpu")
+    batch = pack(_token_ids(embedder), multiple_of=128)
+    layer = embedder.model.encoder.layers[1]
+
+    def both():
+        with torch.inference_mode():
+            return fused.encode(embedder.model, batch, "dense", kernels="torch"), packed_forward(
+                embedder.model, batch, attention="dense", path="modules"
+            )
+
+    before, _ = both()
+    assert torch.equal(both()[0], before)  # served from the cache: same result
+    with torch.no_grad():
+        layer.self_attn.k_proj.weight.mul_(1.5)
+    changed, modules = both()
+    assert not torch.allclose(changed, before)
+    torch.testing.assert_close(
+        packed_forward(embedder.model, batch, attention="dense", path="fused"), modules, atol=2e-5, rtol=1e-4
+    )
+    layer.mlp.up_proj.weight = torch.nn.Parameter(layer.mlp.up_proj.weight.detach() * 0.5)
+    replaced, modules = both()
+    assert not torch.allclose(replaced, changed)
+    torch.testing.assert_close(
+        packed_forward(embedder.model, batch, attention="dense", path="fused"), modules, atol=2e-5, rtol=1e-4
+    )
+
+
 def _dense(embedder, batch):
     from embeddinggemma.engine.masks import packed_dense_attention
 
@@ -111,6 +141,19 @@ KERNEL_CHECK = textwrap.dedent(
         gate_up = (torch.randn(37, 74) * 3).to(dtype)
         r, g = K.geglu_reference(gate_up), K.geglu(gate_up)
         errors[f"geglu.{name}"] = relative(r, g)
+        table, ids = (torch.randn(99, 48) * 0.05).to(dtype), torch.randint(0, 99, (37,))
+        for part, r, g in zip(
+            ("residual", "normed"),
+            K.embed_rmsnorm_reference(ids, table, 6.9282, wn, 1e-6),
+            K.embed_rmsnorm(ids, table, 6.9282, wn, 1e-6),
+        ):
+            errors[f"embed_rmsnorm.{part}.{name}"] = relative(r, g)
+        # texts of 1, 2, 40 and 70 tokens (longer than a tile), then filler segments that are not pooled
+        hidden = (torch.randn(160, 300) * 4).to(dtype)
+        cu = torch.tensor([0, 1, 3, 43, 113, 128, 160], dtype=torch.int32)
+        r, g = K.segment_mean_reference(hidden, cu, 4), K.segment_mean(hidden, cu, 4)
+        assert g.shape == (4, 300) and g.dtype == torch.float32
+        errors[f"segment_mean.{name}"] = relative(r, g)
     tiny = Embedder.from_pretrained(sys.argv[1], device="cpu")
     batch = pack(tiny.tokenizer.encode(["red planet", "sort the list by key " * 4, "x"]), multiple_of=1)
     with torch.inference_mode():
@@ -135,7 +178,7 @@ def test_triton_kernels_match_their_references(tiny_st_dir):
     for name, error in errors.items():
         # fp32: the same arithmetic up to rsqrt/tanh ulps; bf16: a few ulps where roundings differ
         assert error <= (1e-5 if "float32" in name else 2e-2), (name, error)
-    assert len(errors) == 19
+    assert len(errors) == 25
 
 
 def test_warm_up_checks_the_fused_path_and_falls_back(tiny, monkeypatch):

@@ -80,17 +80,17 @@ def packed_forward(
     the first call compiles one layer, not the whole model); "fused" runs without compilation.
     """
     if path == "fused":
-        hidden = fused.encode(model, batch, attention)
+        pooled = fused.mean_pool(fused.encode(model, batch, attention), batch)
     elif path == "modules":
         attend = packed_attention_fns(batch, model, attention)
         encoder = compiled_layers(model) if compile else model.encoder
         hidden = encoder(batch.input_ids, batch.position_ids, attend)[0]  # (N, C)
+        counts = batch.token_counts()
+        pooled = segment_mean_pool(
+            hidden[: batch.num_tokens], batch.segment_ids[: batch.num_tokens], batch.num_texts, counts
+        )
     else:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    counts = batch.token_counts()
-    pooled = segment_mean_pool(
-        hidden[: batch.num_tokens], batch.segment_ids[: batch.num_tokens], batch.num_texts, counts
-    )
     return model.project(pooled, normalize=False)
 
 

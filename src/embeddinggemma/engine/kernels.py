@@ -8,7 +8,10 @@ residual add, and the gated GELU. Each kernel below makes one pass over its rows
   them (half-split RoPE from a per-model cos/sin table indexed by position), copy v;
 - `add_rmsnorm`: residual += post_norm(branch), then the next sub-block's input norm of the new
   residual, both outputs from one read;
-- `geglu`: gelu_tanh(gate) * up from the fused gate/up projection.
+- `geglu`: gelu_tanh(gate) * up from the fused gate/up projection;
+- `embed_rmsnorm`: the scaled embedding lookup and the first layer's input norm;
+- `segment_mean`: mean pooling of each text of a packed stream (fp32 sums), read once from the
+  activations in their own dtype.
 
 Numerics mirror the eager model (`embeddinggemma.model`) rounding for rounding: norms in fp32 cast back
 to the activation dtype before the residual add, RoPE products rounded to the activation dtype before
@@ -84,6 +87,24 @@ def geglu_reference(gate_up: torch.Tensor) -> torch.Tensor:
     """(N, 2I) [gate | up] -> (N, I) gelu_tanh(gate) * up."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.gelu(gate, approximate="tanh") * up
+
+
+def embed_rmsnorm_reference(
+    input_ids: torch.Tensor, table: torch.Tensor, scale: float, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) ids -> (residual, normed) (N, C): table rows times `scale` rounded to the table's dtype
+    (as the model's `embed` does), and the input norm of that."""
+    residual = table[input_ids] * torch.tensor(scale, dtype=table.dtype, device=table.device)
+    return residual, _rms(residual.float(), weight, eps).to(table.dtype)
+
+
+def segment_mean_reference(hidden: torch.Tensor, cu_seqlens: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """(N, C) packed activations, (S' + 1,) offsets -> (num_segments, C) fp32 means of the first segments."""
+    counts = (cu_seqlens[1 : num_segments + 1] - cu_seqlens[:num_segments]).to(torch.int64)
+    segment_ids = torch.repeat_interleave(torch.arange(num_segments, device=hidden.device), counts)
+    sums = torch.zeros(num_segments, hidden.shape[1], dtype=torch.float32, device=hidden.device)
+    sums.index_add_(0, segment_ids, hidden[: int(cu_seqlens[num_segments])].float())
+    return sums / counts.clamp_min(1).to(torch.float32)[:, None]
 
 
 # -- Triton ----------------------------------------------------------------------------------------
@@ -213,6 +234,60 @@ if triton_available():
         out_offsets = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
         tl.store(out_ptr + out_offsets, (gelu * up).to(dtype), mask=mask)
 
+    @triton.jit
+    def _embed_rmsnorm_kernel(
+        ids_ptr,
+        table_ptr,
+        weight_ptr,
+        residual_out_ptr,
+        normed_out_ptr,
+        scale,
+        n_rows,
+        n_cols,
+        eps,
+        block_rows: tl.constexpr,
+        block_cols: tl.constexpr,
+    ):
+        rows = tl.program_id(0) * block_rows + tl.arange(0, block_rows)
+        cols = tl.arange(0, block_cols)
+        row_ok = rows < n_rows
+        col_ok = cols < n_cols
+        mask = row_ok[:, None] & col_ok[None, :]
+        ids = tl.load(ids_ptr + rows, mask=row_ok, other=0)
+        vectors = tl.load(table_ptr + ids[:, None].to(tl.int64) * n_cols + cols[None, :], mask=mask, other=0.0)
+        dtype = vectors.dtype
+        residual = _round(vectors.to(tl.float32) * scale, dtype)  # `scale` arrives already rounded to dtype
+        weight = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        inv = 1.0 / tl.sqrt(tl.sum(residual * residual, axis=1) / n_cols + eps)
+        offsets = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
+        tl.store(residual_out_ptr + offsets, residual.to(dtype), mask=mask)
+        tl.store(normed_out_ptr + offsets, (residual * inv[:, None] * (1.0 + weight[None, :])).to(dtype), mask=mask)
+
+    @triton.jit
+    def _segment_mean_kernel(
+        hidden_ptr,
+        cu_seqlens_ptr,
+        out_ptr,
+        n_cols,
+        block_rows: tl.constexpr,
+        block_cols: tl.constexpr,
+    ):
+        segment = tl.program_id(0)
+        cols = tl.program_id(1) * block_cols + tl.arange(0, block_cols)
+        col_ok = cols < n_cols
+        start = tl.load(cu_seqlens_ptr + segment)
+        end = tl.load(cu_seqlens_ptr + segment + 1)
+        total = tl.zeros((block_cols,), dtype=tl.float32)
+        first = start
+        while first < end:  # (not `range`: Triton's CPU interpreter cannot loop over loaded bounds)
+            rows = first + tl.arange(0, block_rows)
+            mask = (rows < end)[:, None] & col_ok[None, :]
+            tile = tl.load(hidden_ptr + rows[:, None].to(tl.int64) * n_cols + cols[None, :], mask=mask, other=0.0)
+            total += tl.sum(tile.to(tl.float32), axis=0)
+            first += block_rows
+        count = tl.maximum(end - start, 1).to(tl.float32)
+        tl.store(out_ptr + segment.to(tl.int64) * n_cols + cols, total / count, mask=col_ok)
+
 
 def _rows_per_program(width: int) -> int:
     """Enough rows per program to keep ~8k elements in flight, a power of two."""
@@ -270,4 +345,31 @@ def geglu(gate_up: torch.Tensor) -> torch.Tensor:
     rows = _rows_per_program(block_cols)
     grid = (triton.cdiv(n, rows), triton.cdiv(width // 2, block_cols))
     _geglu_kernel[grid](gate_up, out, n, width // 2, block_rows=rows, block_cols=block_cols)
+    return out
+
+
+def embed_rmsnorm(
+    input_ids: torch.Tensor, table: torch.Tensor, scale: float, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of `embed_rmsnorm_reference`."""
+    n, c = input_ids.shape[0], table.shape[1]
+    residual = table.new_empty(n, c)
+    normed = torch.empty_like(residual)
+    block_cols = triton.next_power_of_2(c)
+    rows = _rows_per_program(block_cols)
+    rounded_scale = torch.tensor(scale, dtype=table.dtype).item()  # the model multiplies by a dtype scalar
+    _embed_rmsnorm_kernel[(triton.cdiv(n, rows),)](
+        input_ids, table, weight, residual, normed, rounded_scale, n, c, eps,
+        block_rows=rows, block_cols=block_cols,
+    )  # fmt: skip
+    return residual, normed
+
+
+def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Triton version of `segment_mean_reference`."""
+    c = hidden.shape[1]
+    out = torch.empty(num_segments, c, dtype=torch.float32, device=hidden.device)
+    block_cols = min(256, triton.next_power_of_2(c))
+    grid = (num_segments, triton.cdiv(c, block_cols))
+    _segment_mean_kernel[grid](hidden, cu_seqlens, out, c, block_rows=32, block_cols=block_cols)
     return out

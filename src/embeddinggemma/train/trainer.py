@@ -87,7 +87,9 @@ def build_optimizer(
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    # on CUDA one fused kernel updates every tensor (the foreach default launches several per step)
+    fused = all(p.is_cuda for group in groups for p in group["params"]) or None
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
 
 
 @dataclass
