@@ -52,10 +52,12 @@ Output = Literal["numpy", "torch"]
 PIPELINE_CHUNK = 16384
 FIRST_PIPELINE_CHUNK = 512
 # Inputs of at least this many texts on a GPU tokenise in worker processes (`TokenizerProcesses`), when
-# the machine has the cores for it: several per worker left over for the process that drives the GPU.
+# the machine has the cores for it: one worker per core but three, which stay with the process that drives
+# the GPU (the launching thread, the packing thread, the thread that receives the workers' results).
 PROCESS_TOKENIZE_MIN_TEXTS = 4096
 MIN_CPUS_FOR_TOKENIZER_PROCESSES = 8
-MAX_TOKENIZER_PROCESSES = 8
+CPUS_KEPT_FOR_THE_GPU_PROCESS = 3
+MAX_TOKENIZER_PROCESSES = 16
 
 _DTYPES = {
     "float32": torch.float32,
@@ -167,8 +169,8 @@ class Embedder:
           padded engine.
         - `num_threads` sets PyTorch's intra-op threads (process-wide) and the quantized runtime's threads.
         - `tokenizer_workers`: processes that tokenise big inputs (>= 4,096 texts) so the thread driving
-          the GPU never waits for the GIL; None: automatic (on CUDA with >= 8 CPUs, half of them, at most
-          8; none otherwise), 0: never. They start on the first big input and answer once ready.
+          the GPU never waits for the GIL; None: automatic (on CUDA with >= 8 CPUs, all CPUs but three,
+          at most 16; none otherwise), 0: never. They start on the first big input and answer once ready.
         """
         if num_threads is not None:
             if num_threads < 1:
@@ -436,7 +438,7 @@ class Embedder:
         if workers is None:
             cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             wanted = getattr(self.runner, "pipelined", False) and cpus >= MIN_CPUS_FOR_TOKENIZER_PROCESSES
-            workers = min(MAX_TOKENIZER_PROCESSES, cpus // 2) if wanted else 0
+            workers = min(MAX_TOKENIZER_PROCESSES, cpus - CPUS_KEPT_FOR_THE_GPU_PROCESS) if wanted else 0
         if workers == 0 or num_texts < PROCESS_TOKENIZE_MIN_TEXTS:
             return None
         if not isinstance(self.tokenizer, TextTokenizer) or self.tokenizer.source_file is None:
