@@ -572,3 +572,18 @@ def test_subcommands_are_listed(capsys):
         "export",
         "serve",
     ]
+
+
+def test_tokenizer_workers_flag_reaches_from_pretrained():
+    """`--tokenizer-workers N` is an Embedder.from_pretrained keyword like the other load options; a
+    negative count is a usage error."""
+    import argparse
+
+    from embeddinggemma.cli_options import add_model_options, load_options
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_model_options(parser)
+    assert load_options(parser.parse_args(["--tokenizer-workers", "0"])) == {"tokenizer_workers": 0}
+    assert load_options(parser.parse_args([])) == {}
+    with pytest.raises(argparse.ArgumentError, match="integer >= 0"):
+        parser.parse_args(["--tokenizer-workers", "-1"])

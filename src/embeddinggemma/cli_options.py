@@ -8,12 +8,13 @@ entry in `LOAD_OPTIONS`, and every subcommand gains it.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from embeddinggemma.checkpoint import DEFAULT_MODEL
 
-__all__ = ["LOAD_OPTIONS", "LoadOption", "add_model_options", "load_options", "positive_int"]
+__all__ = ["LOAD_OPTIONS", "LoadOption", "add_model_options", "load_options", "non_negative_int", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -27,6 +28,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class LoadOption:
     """One `Embedder.from_pretrained` keyword as a command-line flag (`None` = not passed)."""
@@ -35,9 +47,11 @@ class LoadOption:
     kwarg: str
     help: str
     choices: tuple[str, ...] | None = None
+    type: Callable[[str], Any] | None = None
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(self.flag, dest=self.kwarg, default=None, choices=self.choices, help=self.help)
+        extra = {"type": self.type} if self.type is not None else {}
+        parser.add_argument(self.flag, dest=self.kwarg, default=None, choices=self.choices, help=self.help, **extra)
 
 
 LOAD_OPTIONS: tuple[LoadOption, ...] = (
@@ -49,6 +63,12 @@ LOAD_OPTIONS: tuple[LoadOption, ...] = (
         ("float32", "bfloat16", "float16"),
     ),
     LoadOption("--quantize", "quantize", "int8 | int4 | mixed | int8-channel: the quantized CPU runtime"),
+    LoadOption(
+        "--tokenizer-workers",
+        "tokenizer_workers",
+        "processes that tokenise big inputs on a GPU (default: automatic, all CPUs but three; 0: never)",
+        type=non_negative_int,
+    ),
 )
 
 

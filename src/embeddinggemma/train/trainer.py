@@ -319,7 +319,10 @@ class Trainer:
         report = None
         if self.ctx.is_main:
             self.model.eval()
-            embedder = Embedder(self.model, self.tokenizer, PromptTable(self.info.prompts), source=self.info.path)
+            # no tokenizer worker processes forked from a training process (its cores feed the training)
+            embedder = Embedder(
+                self.model, self.tokenizer, PromptTable(self.info.prompts), source=self.info.path, tokenizer_workers=0
+            )
             autocast = torch.autocast(self.ctx.device.type, dtype=self.autocast, enabled=self.autocast is not None)
             with autocast:
                 report = evaluate_suite(
