@@ -96,6 +96,22 @@ def test_workers_give_the_ids_of_encode(real_tokenizer, processes):
 
 
 @pytest.mark.real_weights
+def test_ctrl_c_is_left_to_the_parent(real_tokenizer, processes):
+    """SIGINT (Ctrl-C in a terminal reaches the whole process group) does not kill the workers or make
+    them print tracebacks; the parent decides."""
+    import os
+    import signal
+
+    pids = list(processes._pool._processes)
+    assert len(pids) == processes.workers
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert all(p.is_alive() for p in processes._pool._processes.values())
+    assert [ids.tolist() for ids in processes.encode(["still here"])] == real_tokenizer.encode(["still here"])
+
+
+@pytest.mark.real_weights
 def test_a_worker_that_cannot_start_leaves_tokenising_here(real_snapshot, tmp_path, caplog):
     broken = TextTokenizer.from_file(real_snapshot / "tokenizer.json", **LIMITS)
     copy = tmp_path / "tokenizer.json"

@@ -21,6 +21,8 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
+import sys
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -267,6 +269,9 @@ _worker_tokenizer = None  # the `tokenizers.Tokenizer` of a worker process
 
 def _start_worker(tokenizer_file: str) -> None:
     global _worker_tokenizer
+    # Ctrl-C reaches the whole process group: the parent handles it (and stops the pool), workers must
+    # not each print a KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one of several worker processes: one thread each
     from tokenizers import Tokenizer
 
@@ -322,10 +327,10 @@ class TokenizerProcesses:
         if workers < 1:
             raise ValueError(f"workers must be positive, got {workers}")
         self.tokenizer, self.workers = tokenizer, workers
-        # fork where there is one (as PyTorch's DataLoader does): "spawn" would re-run the caller's main
-        # script in every worker. The children touch neither CUDA nor the parent's tokenizer object; each
-        # loads the file afresh and runs single-threaded.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        # fork on Linux (as PyTorch's DataLoader does): "spawn" would re-run the caller's main script in
+        # every worker. The children touch neither CUDA nor the parent's tokenizer object; each loads the
+        # file afresh and runs single-threaded. Elsewhere (macOS: fork is unsafe there) "spawn".
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
         self._pool = concurrent.futures.ProcessPoolExecutor(
             workers,
             mp_context=multiprocessing.get_context(method),
