@@ -286,7 +286,7 @@ def main() -> None:
         rss = {name: child_rss(name, args.threads, args.exports, texts_file) for name in runners}
     results = {
         "date": time.strftime("%Y-%m-%d"),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_name(),
         "threads": args.threads,
         "query_tokens": query_tokens,
         "passages": len(docs),
@@ -352,14 +352,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_name() -> str:
+    """The CPU model for result files (the other benchmark scripts import it from here)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu import passages  # the same passages as the CPU benchmark
+from cpu import cpu_name, passages  # the same passages as the CPU benchmark
 
 MODEL = "google/embeddinggemma-300m"
 VERBS = ["parse", "sort", "read", "merge", "validate", "serialize", "compress", "cache"]
@@ -328,16 +327,6 @@ def table(results: dict) -> str:
         ]
     lines += ["", "Targets:"] + [f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in results["targets"].items()]
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
