@@ -107,15 +107,22 @@ def _progress_to_stdout() -> None:
         train_logger.propagate = False
 
 
+def _print_recipe(recipe) -> int:
+    """`--print`: the resolved recipe as YAML (for `train` and `adapt`)."""
+    import yaml
+
+    from embeddinggemma.train.recipes import recipe_to_dict
+
+    print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from embeddinggemma.train.recipes import load_recipe, recipe_to_dict
+    from embeddinggemma.train.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.print:
-        import yaml
-
-        print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
-        return 0
+        return _print_recipe(recipe)
     from embeddinggemma.train.trainer import train_recipe
 
     _progress_to_stdout()
@@ -142,15 +149,11 @@ def cmd_student(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from embeddinggemma.train.recipes import recipe_to_dict
     from embeddinggemma.train.ul2 import adapt_recipe, load_ul2_recipe
 
     recipe = load_ul2_recipe(args.recipe, args.overrides)
     if args.print:
-        import yaml
-
-        print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
-        return 0
+        return _print_recipe(recipe)
     _progress_to_stdout()
     final = adapt_recipe(recipe)
     print(f"adapted {recipe.name}: {recipe.train.steps} steps -> {final}")
