@@ -143,7 +143,7 @@ class BaseTokenizer:
         out = [flat[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
         for i in np.flatnonzero(lengths > self.max_length).tolist():
             out[i] = self._cut(out[i])
-        self._report_truncation(lengths.tolist(), first_index, on_truncation)
+        self._report_truncation(lengths, first_index, on_truncation)
         return out
 
     def _cut(self, ids: np.ndarray) -> np.ndarray:
