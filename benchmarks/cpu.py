@@ -5,8 +5,8 @@ texts, same threads, in one process (timings interleaved, so machine noise hits 
 
 Engines (each runs only where its package is installed; `pip install -e '.[bench]'`):
 - sentence-transformers fp32 (the reference) and our PyTorch fp32;
-- ours quantized, `Embedder.from_pretrained(quantize=int8|int4|mixed)`: ONNX Runtime on our Q8_0 /
-  Q4_0 integers;
+- ours quantized, `Embedder.from_pretrained(quantize=w8a8|int8|int4|mixed)`: ONNX Runtime on our
+  per-channel int8 weights with int8 activations (integer GEMMs), or on our Q8_0 / Q4_0 integers;
 - ONNX Runtime fp32 on our exported graph; OpenVINO on the same graph (bf16 where the CPU has it) and
   on our int8 / int4 graphs;
 - llama.cpp (llama-cpp-python) on our GGUF exports, Q8_0 / Q4_0 / mixed.
@@ -39,6 +39,7 @@ MODEL = "google/embeddinggemma-300m"
 QUERY = "how do I parse command line arguments?"
 QUERY_PROMPT, DOCUMENT_PROMPT = "task: search result | query: ", "title: none | text: "
 REFERENCE = "sentence-transformers fp32"
+OUR_SCHEMES = ("w8a8", "int8", "int4", "mixed")
 Engine = tuple[Callable[[str], np.ndarray], Callable[[list[str]], np.ndarray]]
 
 
@@ -64,7 +65,7 @@ def _available(module: str) -> bool:
 
 def engine_names(skip: set[str]) -> list[str]:
     names = [REFERENCE, "ours fp32 (torch)"]
-    names += [f"ours {s} (onnxruntime)" for s in ("int8", "int4", "mixed")]
+    names += [f"ours {s} (onnxruntime)" for s in OUR_SCHEMES]
     names += ["onnxruntime fp32 (our export)"]
     if _available("openvino"):
         names += [
@@ -137,7 +138,7 @@ class _SessionModel:
 def build_engine(name: str, threads: int, exports: Path) -> Engine:
     """name -> (encode_query(text) -> (E,), encode_documents(texts) -> (N, E)).
 
-    "ours int8/int4/mixed (onnxruntime)" run `OnnxEmbedder`, the torch-free path (the same session and
+    "ours SCHEME (onnxruntime)" run `OnnxEmbedder`, the torch-free path (the same session and
     embeddings as `Embedder.from_pretrained(quantize=...)`), so their RSS children never import torch."""
     if name.startswith("ours") and name.endswith("(onnxruntime)"):
         from embeddinggemma.quant.ondevice import OnnxEmbedder
@@ -192,6 +193,12 @@ def _llama_engine(name: str, threads: int, exports: Path) -> Engine:
     return (lambda q: embed([QUERY_PROMPT + q])[0], lambda d: embed([DOCUMENT_PROMPT + t for t in d]))
 
 
+def settle(seconds: float = 0.2) -> None:
+    """Let the previous engine's thread pool go idle: ONNX Runtime, OpenVINO and OpenMP workers spin
+    for a while after each call, and on 2 cores a spinning pool halves the next engine's speed."""
+    time.sleep(seconds)
+
+
 def timed(fn, *args) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn(*args)
@@ -223,7 +230,7 @@ def file_sizes(exports: Path) -> dict[str, float]:
 
     root = resolve_checkpoint(MODEL)
     sizes = {REFERENCE: sum(p.stat().st_size for p in root.rglob("*.safetensors")) / 1e6}
-    for scheme in ("int8", "int4", "mixed"):
+    for scheme in OUR_SCHEMES:
         entry = cache_entry(root, scheme, default_cache_dir())
         if (entry / MODEL_FILE).exists():
             files = (entry / MODEL_FILE, entry / DATA_FILE)
@@ -274,9 +281,11 @@ def main() -> None:
         outputs[name] = (np.asarray(query_fn(QUERY)), np.asarray(docs_fn(docs)))
     for _ in range(args.query_runs):
         for name, (query_fn, _) in runners.items():
+            settle()
             latencies[name].append(timed(query_fn, QUERY)[0] * 1000)
     for _ in range(args.passage_runs):
         for name, (_, docs_fn) in runners.items():
+            settle()
             throughput[name].append(len(docs) / timed(docs_fn, docs)[0])
 
     rss = {}

@@ -35,6 +35,7 @@ from embeddinggemma.quant.gptq import gptq_quantize_model_
 from embeddinggemma.quant.onnx_export import ACCURACY_INT8, build_onnx, save_onnx
 from embeddinggemma.quant.qat import quantize_weights_
 from embeddinggemma.quant.runtime import OnnxEmbeddingModel
+from embeddinggemma.quant.schemes import INT8_ACTIVATION_SCHEMES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from cpu import QUERY, passages
@@ -102,7 +103,8 @@ def cmd_quality(args: argparse.Namespace) -> None:
         if args.method == "fp32":
             save_onnx(build_onnx(model, normalize=False), path)
         else:
-            save_onnx(build_onnx(model, ACCURACY_INT8, normalize=False, consume=True), path)
+            int8_activations = args.scheme in INT8_ACTIVATION_SCHEMES
+            save_onnx(build_onnx(model, ACCURACY_INT8, False, True, int8_activations), path)
         del model
         size_mb = path.stat().st_size / 1e6
         session = OnnxEmbeddingModel(path, info.config, args.threads)
@@ -143,7 +145,7 @@ def main() -> None:
     data.add_argument("--model", default=DEFAULT_MODEL)
     data.set_defaults(func=cmd_qat_data)
     quality = sub.add_parser("quality", help="score one scheme x method")
-    quality.add_argument("--scheme", required=True, choices=["int8", "int4", "mixed", "f32"])
+    quality.add_argument("--scheme", required=True, choices=["int8", "int4", "mixed", "w8a8", "f32"])
     quality.add_argument("--method", required=True, choices=["fp32", "rtn", "gptq", "qat"])
     quality.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint (a QAT run's model for --method qat)")
     quality.add_argument("--suite-dir", type=Path, default=Path("data/local_suite"))

@@ -60,7 +60,9 @@ LOAD_OPTIONS: tuple[LoadOption, ...] = (
         "default: float32 on CPU, bfloat16 on CUDA (float16 is refused: it overflows)",
         ("float32", "bfloat16", "float16"),
     ),
-    LoadOption("--quantize", "quantize", "int8 | int4 | mixed | int8-channel: the quantized CPU runtime"),
+    LoadOption(
+        "--quantize", "quantize", "w8a8 | int8 | int4 | mixed | int8-channel: the quantized CPU runtime (w8a8: fastest)"
+    ),
     LoadOption(
         "--tokenizer-workers",
         "tokenizer_workers",

@@ -57,6 +57,56 @@ def test_onnx_equals_our_quantized_model(block_dir, block_embedder, tmp_path, sc
         assert cosine.min() >= 0.999
 
 
+def _per_token_int8_inputs(model: torch.nn.Module) -> list:
+    """The w8a8 runtime's arithmetic in PyTorch: every quantized product's input rounded to int8 with
+    one scale per token (max |x| / 127, halves to even as QuantizeLinear rounds)."""
+
+    def round_input(module, inputs):
+        x = inputs[0]
+        scale = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(1e-30)
+        return (torch.round(x / scale) * scale,)
+
+    return [
+        module.register_forward_pre_hook(round_input)
+        for module in model.modules()
+        if isinstance(module, qat.QuantizedLinear)
+    ]
+
+
+def test_w8a8_onnx_equals_per_token_int8_arithmetic(block_dir, block_embedder, tmp_path):
+    import onnx
+
+    ids, mask = _batch(block_embedder)
+    model = qat.quantize_weights_(copy.deepcopy(block_embedder.model), "w8a8")
+    with torch.no_grad():
+        weight_only = padded_forward(model, ids, mask).numpy()
+        hooks = _per_token_int8_inputs(model)
+        expected = padded_forward(model, ids, mask).numpy()
+    for hook in hooks:
+        hook.remove()
+    path = export_checkpoint(block_dir, "onnx", tmp_path / "w8a8.onnx", scheme="w8a8")
+    got = _run_onnx(path, ids, mask)
+    np.testing.assert_allclose(got, expected, atol=2e-4, rtol=0)  # integer products; float rounding only
+    assert (got * weight_only).sum(1).min() >= 0.99, "int8 activations stay close to the weight-only model"
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    layers = block_embedder.model.config.backbone.num_hidden_layers
+    assert ops.count("MatMulIntegerToFloat") == 4 * layers + 2, "q/k/v and gate/up are one product each"
+    assert "MatMulNBits" not in ops and "DequantizeLinear" not in ops
+
+
+def test_onnx_graph_is_fused_operators(block_dir, tmp_path):
+    import onnx
+
+    path = export_checkpoint(block_dir, "onnx", tmp_path / "int8.onnx", scheme="int8")
+    graph = onnx.load(str(path)).graph
+    ops = [node.op_type for node in graph.node]
+    layers = 3
+    assert ops.count("Attention") == layers and "Softmax" not in ops, "no score tensor outside the kernel"
+    assert ops.count("RotaryEmbedding") == 2 * layers and ops.count("MatMulNBits") == 4 * layers + 2
+    assert len(ops) <= 25 * layers + 30, f"{len(ops)} nodes: the graph is meant to be ~20 per layer"
+    assert ops.count("Or") == 2, "two attention masks, built once for all layers"
+
+
 def test_gguf_holds_our_integers_and_scales_exactly(block_dir, block_embedder, tmp_path):
     gguf = pytest.importorskip("gguf")
     path = export_checkpoint(block_dir, "gguf", tmp_path / "m.gguf", scheme="mixed")
@@ -172,6 +222,8 @@ def test_per_channel_runtime_holds_any_shape(tiny_st_dir, tmp_path, monkeypatch)
     monkeypatch.setenv("EMBEDDINGGEMMA_CACHE", str(tmp_path / "cache"))
     int8 = Embedder.from_pretrained(tiny_st_dir, quantize="int8-channel")  # rows of 48: no blocks of 32
     assert int8.encode_query(TEXTS).shape == (4, 40)
+    w8a8 = Embedder.from_pretrained(tiny_st_dir, quantize="w8a8")
+    assert (w8a8.encode_query(TEXTS) * int8.encode_query(TEXTS)).sum(1).min() >= 0.99
     with pytest.raises(ValueError, match="rows of 48 values cannot be split into q8_0 blocks"):
         Embedder.from_pretrained(tiny_st_dir, quantize="int8")
     with pytest.raises(ValueError, match="quantized model"):

@@ -2,8 +2,9 @@
 whether it can be trusted.
 
 A checkpoint is converted once per scheme (`convert.py`, which needs torch) into a cache directory: the
-ONNX graph, its tensors in a data file that ONNX Runtime maps into memory, and a manifest that records
-the source files' sizes and modification times and the SHA-256 of both files. Every load checks them:
+ONNX graph, its tensors in a data file that ONNX Runtime maps into memory, the embedding table read
+row by row (`token_table.py`), and a manifest that records the source files' sizes and modification
+times and the SHA-256 of the three files. Every load checks them:
 a changed checkpoint (stale) or a damaged file (corrupt) is rebuilt with a warning that says why.
 """
 
@@ -17,9 +18,13 @@ from typing import Any
 
 from embeddinggemma.quant.schemes import resolve_scheme
 
-RUNTIME_SCHEMES = ("int8", "int4", "mixed", "int8-channel")  # int8-channel: any shape (no blocks)
-CACHE_VERSION = 2  # bump when the conversion changes (2: tensors in DATA_FILE, no NaN guards, masks built once)
+RUNTIME_SCHEMES = ("int8", "int4", "mixed", "int8-channel", "w8a8")  # int8-channel, w8a8: any shape (no blocks)
+# bump when the conversion changes (2: tensors in DATA_FILE, no NaN guards; 3: graph built from fused
+# ops, the embedding table in TABLE_FILE)
+CACHE_VERSION = 3
 MODEL_FILE, DATA_FILE, MANIFEST_FILE = "model.onnx", "model.onnx.data", "manifest.json"
+TABLE_FILE = "token_table.bin"  # read row by row (token_table.py), never mapped
+CHECKED_FILES = ((MODEL_FILE, "sha256"), (DATA_FILE, "data_sha256"), (TABLE_FILE, "table_sha256"))
 
 
 def default_cache_dir() -> Path:
@@ -41,11 +46,8 @@ def source_fingerprint(root: Path) -> list[list[Any]]:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with open(path, "rb") as handle:  # file_digest reads into one small buffer: no 4 MB chunks left behind
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def cache_entry(root: Path, scheme: str, cache_dir: Path) -> Path:
@@ -55,7 +57,7 @@ def cache_entry(root: Path, scheme: str, cache_dir: Path) -> Path:
 
 def check_cache(entry: Path, root: Path, scheme: str) -> str | None:
     """None when the cached conversion can be trusted, else the reason it cannot."""
-    manifest_file, model_file = entry / MANIFEST_FILE, entry / MODEL_FILE
+    manifest_file = entry / MANIFEST_FILE
     if not manifest_file.exists():
         return "no conversion cached yet"
     try:
@@ -66,7 +68,8 @@ def check_cache(entry: Path, root: Path, scheme: str) -> str | None:
         return "the cached conversion was made by another version of this library"
     if manifest.get("source") != source_fingerprint(root):
         return f"{root} changed since it was converted (stale)"
-    for path, key in ((model_file, "sha256"), (entry / DATA_FILE, "data_sha256")):
+    for name, key in CHECKED_FILES:
+        path = entry / name
         if not path.exists() or file_sha256(path) != manifest.get(key):
             return f"{path} does not match its recorded SHA-256 (corrupt or incomplete)"
     return None

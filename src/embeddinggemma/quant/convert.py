@@ -1,5 +1,5 @@
 """Conversion of a checkpoint into the cached ONNX graph of a scheme (needs torch; runs once per
-checkpoint and scheme, about a minute for the released model).
+checkpoint and scheme, ~10 s for the released model: the graph is written from the weights, not traced).
 
 A checkpoint (ours, fine-tuned, souped or QAT-trained: a QAT checkpoint holds the float weights whose
 rounding it trained for, and converting them reproduces that rounding exactly) is loaded in fp32,
@@ -18,14 +18,16 @@ import torch
 from embeddinggemma.checkpoint import load_checkpoint, resolve_checkpoint
 from embeddinggemma.quant.cache import (
     CACHE_VERSION,
-    DATA_FILE,
+    CHECKED_FILES,
     MANIFEST_FILE,
     MODEL_FILE,
+    TABLE_FILE,
     file_sha256,
     source_fingerprint,
 )
-from embeddinggemma.quant.onnx_export import ACCURACY_INT8, build_onnx, save_onnx
+from embeddinggemma.quant.onnx_export import ACCURACY_INT8, build_onnx, save_onnx, write_token_table
 from embeddinggemma.quant.qat import quantize_weights_
+from embeddinggemma.quant.schemes import INT8_ACTIVATION_SCHEMES
 
 
 def convert_checkpoint(
@@ -36,14 +38,17 @@ def convert_checkpoint(
     revision: str | None = None,
     accuracy_level: int = ACCURACY_INT8,
 ) -> None:
-    """Load fp32, round to the scheme, export ONNX (no final normalisation), write file then manifest."""
+    """Load fp32, round to the scheme, write the token table and the ONNX graph (no final normalisation),
+    then the manifest."""
     root = resolve_checkpoint(name_or_path, revision)
     model, _ = load_checkpoint(root, dtype=torch.float32, device="cpu")
     quantize_weights_(model, scheme)
-    proto = build_onnx(model, accuracy_level, normalize=False, consume=True)
-    del model
     entry.mkdir(parents=True, exist_ok=True)
-    (entry / MANIFEST_FILE).unlink(missing_ok=True)  # the old manifest must not vouch for the new file
+    (entry / MANIFEST_FILE).unlink(missing_ok=True)  # the old manifest must not vouch for the new files
+    table = write_token_table(model, entry / TABLE_FILE)
+    int8_activations = scheme in INT8_ACTIVATION_SCHEMES
+    proto = build_onnx(model, accuracy_level, False, True, int8_activations, token_table=table)
+    del model
     save_onnx(proto, entry / MODEL_FILE, external_data=True)
     manifest = {
         "version": CACHE_VERSION,
@@ -51,8 +56,7 @@ def convert_checkpoint(
         "accuracy_level": accuracy_level,
         "checkpoint": str(root),
         "source": source_fingerprint(root),
-        "sha256": file_sha256(entry / MODEL_FILE),
-        "data_sha256": file_sha256(entry / DATA_FILE),
+        **{key: file_sha256(entry / name) for name, key in CHECKED_FILES},
     }
     partial = entry / (MANIFEST_FILE + ".partial")
     partial.write_text(json.dumps(manifest, indent=1))

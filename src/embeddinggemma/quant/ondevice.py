@@ -24,6 +24,7 @@ from embeddinggemma.inputs import Texts, as_text_list, as_title_list, check_dim,
 from embeddinggemma.matryoshka import matryoshka_truncate, trained_dims
 from embeddinggemma.prompts import PromptTable, document_prompt
 from embeddinggemma.quant.cache import MODEL_FILE, cache_entry, check_cache, default_cache_dir, runtime_scheme
+from embeddinggemma.quant.token_table import METADATA_KEY, TableFormat, TokenTable
 from embeddinggemma.tokenizer import BaseTokenizer, OnTruncation, TokenizerBackend, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ MAX_BATCH_TOKENS = 1024
 def quantized_model_file(
     name_or_path: str | Path, scheme: str, *, cache_dir: str | Path | None = None, revision: str | None = None
 ) -> tuple[Path, CheckpointInfo]:
-    """The cached ONNX file of a checkpoint for a scheme, converting it once (about a minute, imports torch)."""
+    """The cached ONNX file of a checkpoint for a scheme, converting it once (~10 s, imports torch)."""
     scheme = runtime_scheme(scheme)
     root = resolve_checkpoint(name_or_path, revision)
     info, _ = read_checkpoint_info(root)
@@ -44,7 +45,7 @@ def quantized_model_file(
     if problem is not None:
         from embeddinggemma.quant.convert import convert_checkpoint
 
-        logger.warning("converting %s to %s once (about a minute): %s; cache: %s", root, scheme, problem, entry)
+        logger.warning("converting %s to %s once (~10 s): %s; cache: %s", root, scheme, problem, entry)
         convert_checkpoint(root, scheme, entry)
     return entry / MODEL_FILE, info
 
@@ -74,10 +75,18 @@ class OnnxSession:
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.num_threads = options.intra_op_num_threads
         self.input_names = [node.name for node in self.session.get_inputs()]
+        # the runtime's graphs read their embedding table row by row (token_table.py); exported ones hold it
+        table = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if table is not None:
+            table_format = TableFormat.from_json(table)
+            self.token_table: TokenTable | None = TokenTable(self.path.parent / table_format.file, table_format)
+        else:
+            self.token_table = None
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(B, T) int64 ids and mask -> (B, E) float32."""
-        feeds = dict(zip(self.input_names, (input_ids, attention_mask), strict=True))
+        first = input_ids if self.token_table is None else self.token_table.lookup(input_ids)
+        feeds = dict(zip(self.input_names, (first, attention_mask), strict=True))
         return self.session.run(None, feeds)[0]
 
     def embed(
@@ -140,7 +149,7 @@ class OnnxEmbedder:
         tokenizer: TokenizerBackend = "auto",
         max_batch_tokens: int = MAX_BATCH_TOKENS,
     ) -> OnnxEmbedder:
-        """A checkpoint (hub id or directory) quantized to `quantize` ("int8", "int4", "mixed",
+        """A checkpoint (hub id or directory) quantized to `quantize` ("w8a8", "int8", "int4", "mixed",
         "int8-channel"); converted once into the cache (`cache_dir`, default ~/.cache/embeddinggemma)."""
         path, info = quantized_model_file(name_or_path, quantize, cache_dir=cache_dir, revision=revision)
         return cls.from_onnx(

@@ -1,8 +1,15 @@
-"""ONNX export: one graph from token ids to the normalised sentence embedding.
+"""ONNX export: one graph from token ids to the sentence embedding, built operator by operator.
 
 Inputs `input_ids` and `attention_mask` (int64, (batch, sequence), right padding); one output
 `sentence_embedding` (float32, (batch, 768)): the encoder, mean pooling, both Dense projections and
 L2 normalisation are inside the graph, as in sentence-transformers' ONNX exports.
+
+The graph is written from the weights, not traced: a traced Gemma layer is ~80 small shape and
+elementwise nodes, and on a short query ONNX Runtime spent more time running those than in the
+matrix products. Here each step is one standard fused operator of opset 23 (`RMSNormalization`,
+`RotaryEmbedding`, `Attention` with grouped KV heads and a boolean mask, `Gelu` tanh), q/k/v and
+gate/up are one matrix product each, and the two attention masks are built once for all layers:
+~20 nodes per layer, and no (batch, heads, T, T) score tensor outside the attention kernel.
 
 Quantized schemes keep our exact integer weights and scales (from `quant/qat.py`, the same numbers
 the fake-quantized model trained with) in ONNX Runtime's weight-only operators:
@@ -10,34 +17,27 @@ the fake-quantized model trained with) in ONNX Runtime's weight-only operators:
   the default zero point 2**(bits-1) turns the stored unsigned values back into q);
 - the embedding table -> `com.microsoft.GatherBlockQuantized` (rows gathered, then dequantized);
 - per-channel int8 -> `DequantizeLinear` (axis = output channel) feeding the MatMul.
-
-The float graph is traced once with the dequantized weights; the operators that read a quantized
-weight are then found by the weight's values (not by the names the exporter gives its constants) and
-replaced, so the quantized graph computes exactly what our quantized model computes, up to the
-runtime's float arithmetic.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import logging
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from embeddinggemma.model import EmbeddingGemma, mean_pool
-from embeddinggemma.quant.formats import Layout, dequantize
-from embeddinggemma.quant.qat import QuantizedEmbedding, QuantizedLinear, quantized_tensors, set_module
+from embeddinggemma.model import EmbeddingGemma, EncoderLayer, RMSNorm, rotary_cos_sin
+from embeddinggemma.quant.formats import Layout
+from embeddinggemma.quant.qat import QuantizedEmbedding, QuantizedLinear, _QuantModule
+from embeddinggemma.quant.token_table import METADATA_KEY, TOKEN_EMBEDDINGS, TableFormat, encode_records
 
 logger = logging.getLogger(__name__)
 
-OPSET = 21
-LEGACY_OPSET = 17  # the TorchScript exporter's newest well-tested opset
+OPSET = 23  # RMSNormalization, RotaryEmbedding and Attention arrived in opset 23
+IR_VERSION = 10  # ONNX Runtime >= 1.20 reads it
 MS_DOMAIN = "com.microsoft"
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "sentence_embedding"
@@ -46,137 +46,341 @@ OUTPUT = "sentence_embedding"
 ACCURACY_FP32, ACCURACY_INT8 = 0, 4
 
 
-class SentenceEmbeddingGraph(nn.Module):
-    """Export wrapper: the padded forward with masks built from tensors only (no Python branches)."""
+def build_onnx(
+    model: EmbeddingGemma,
+    accuracy_level: int = ACCURACY_FP32,
+    normalize: bool = True,
+    consume: bool = False,
+    int8_activations: bool = False,
+    token_table: TableFormat | None = None,
+):
+    """The ONNX model (onnx.ModelProto) of a float or converted (`qat.convert_`) EmbeddingGemma.
 
-    def __init__(self, model: EmbeddingGemma, normalize: bool = True) -> None:
-        super().__init__()
-        self.model = model
-        self.normalize = normalize
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        config = self.model.encoder.config
-        length = input_ids.shape[1]
-        idx = torch.arange(length, device=input_ids.device)
-        keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        diagonal = idx[:, None] == idx[None, :]  # every row sees itself: no all-masked softmax rows
-        band = (idx[:, None] - idx[None, :]).abs() <= config.window_radius
-        masks = {"full_attention": keys | diagonal, "sliding_attention": (keys & band) | diagonal}
-        # additive masks built once for all layers (a boolean mask becomes a float (B, 1, T, T) per layer)
-        biases = {kind: torch.zeros(mask.shape).masked_fill(~mask, float("-inf")) for kind, mask in masks.items()}
-        positions = idx.unsqueeze(0).expand_as(input_ids)
-        hidden = self.model.encoder(input_ids, positions, {kind: _attention(bias) for kind, bias in biases.items()})
-        return self.model.project(mean_pool(hidden, attention_mask), normalize=self.normalize)
-
-
-def _attention(mask: torch.Tensor):
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        group = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-    return attend
-
-
-def float_copy(model: EmbeddingGemma, inplace: bool = False) -> EmbeddingGemma:
-    """A float model computing exactly what `model` computes: quantized modules -> dequantized weights.
-
-    `inplace` swaps the modules of `model` itself (saves a 1.2 GB copy when the model is not needed after).
+    `normalize=False` leaves the L2 normalisation out (the Embedder's runtime normalises itself);
+    `consume=True` frees each of `model`'s weights once the graph holds it (one copy of the weights
+    in memory instead of two; the model is unusable afterwards); `int8_activations` (the w8a8 scheme:
+    per-channel int8 weights) rounds every matrix product's input to int8 per token and multiplies
+    integers (`MatMulIntegerToFloat`, ONNX Runtime's int8 GEMM: VNNI / AMX); `token_table` (from
+    `write_token_table`) leaves the embedding table out: the graph takes `token_embeddings` (B, T, C)
+    instead of `input_ids`, and records where its table is in its metadata (the CPU runtime's graph).
     """
-    out = (model if inplace else copy.deepcopy(model)).float().eval()
-    for name, module in list(out.named_modules()):
-        if isinstance(module, QuantizedLinear):
-            plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-            plain.weight = nn.Parameter(module.weight, requires_grad=False)
-            if module.bias is not None:
-                plain.bias = nn.Parameter(module.bias.detach().float(), requires_grad=False)
-            set_module(out, name, plain)
-        elif isinstance(module, QuantizedEmbedding):
-            set_module(out, name, nn.Embedding.from_pretrained(module.weight, padding_idx=module.padding_idx))
-    return out.requires_grad_(False)
+    builder = GraphBuilder(model, accuracy_level, consume=consume, int8_activations=int8_activations)
+    return builder.build(normalize, token_table)
 
 
-def trace_float_graph(model: EmbeddingGemma, normalize: bool = True):
-    """Trace the float graph with dynamic batch and sequence axes -> onnx.ModelProto.
+def write_token_table(model: EmbeddingGemma, path: Path) -> TableFormat:
+    """The embedding table as `token_table.TokenTable` reads it (temporary file, then renamed)."""
+    module, config = model.encoder.embed_tokens, model.encoder.config
+    if isinstance(module, QuantizedEmbedding):
+        values, scales = module.qweight.numpy(), module.scale.float().numpy()
+        bits, block = module.layout.bits, module.layout.block or 0
+    else:
+        values, scales, bits, block = module.weight.detach().float().numpy(), None, 32, 0
+    rows, cols = values.shape
+    table = TableFormat(Path(path).name, rows, cols, bits, block, float(np.float32(config.embed_scale)))
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    try:
+        with open(partial, "wb") as handle:
+            for start in range(0, rows, 8192):  # bounded temporaries for the 262k-row table
+                part = None if scales is None else scales[start : start + 8192]
+                handle.write(encode_records(values[start : start + 8192], part, table))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return table
 
-    TorchScript's exporter traces the real model in ~15 s; the dynamo exporter takes minutes (most
-    of it converting and folding 1.2 GB of constants), so it is the fallback where the former is gone.
-    """
-    import io
 
-    import onnx
+@dataclass(frozen=True)
+class _Weight:
+    """One linear layer's weight as the graph stores it: integers and scales, or a float matrix."""
 
-    graph = SentenceEmbeddingGraph(model, normalize).eval()
-    ids = torch.full((2, 9), model.config.backbone.bos_token_id, dtype=torch.long)
-    mask = torch.ones(2, 9, dtype=torch.long)
-    mask[1, 6:] = 0
-    names = {"input_names": list(INPUTS), "output_names": [OUTPUT]}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            buffer = io.BytesIO()
-            torch.onnx.export(
-                graph,
-                (ids, mask),
-                buffer,
-                dynamo=False,
-                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUTS},
-                opset_version=LEGACY_OPSET,
-                **names,
+    layout: Layout | None  # None: float
+    values: torch.Tensor  # q (N, K) int8, or the float weight (N, K)
+    scale: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def joins(self, other: _Weight) -> bool:
+        """Whether both can be one matrix product (same storage, no bias to split)."""
+        return self.layout == other.layout and self.bias is None and other.bias is None
+
+
+class GraphBuilder:
+    """Writes the nodes and initializers of one EmbeddingGemma graph (`build`)."""
+
+    def __init__(
+        self,
+        model: EmbeddingGemma,
+        accuracy_level: int = ACCURACY_FP32,
+        consume: bool = False,
+        int8_activations: bool = False,
+    ) -> None:
+        fake = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, _QuantModule) and not isinstance(module, QuantizedLinear | QuantizedEmbedding)
+        ]
+        if fake:
+            raise ValueError(
+                f"the model still has fake-quantized modules ({fake[0]}, ...): convert it first (qat.convert_)"
             )
-            data = buffer.getvalue()
-            del buffer  # one 1.2 GB copy at a time
-            return onnx.load_from_string(data)
-        except (TypeError, RuntimeError, ValueError) as error:  # the TorchScript exporter removed or failing
-            logger.info("TorchScript ONNX export unavailable (%s); using the dynamo exporter", error)
-        batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-        program = torch.onnx.export(
-            graph,
-            (ids, mask),
-            dynamo=True,
-            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUTS},
-            opset_version=OPSET,
-            verbose=False,
-            **names,
+        self.model = model
+        self.config = model.encoder.config
+        self.accuracy_level = accuracy_level
+        self.consume = consume
+        self.int8_activations = int8_activations
+        self.nodes: list = []
+        self.initializers: list = []
+        self._count = 0
+        self._one = self.constant("one", np.float32(1.0))
+        self._tiny = self.constant("tiny", np.float32(1e-30))  # an all-zero token's scale: its values stay 0
+        self._zero_u8 = self.constant("zero_point", np.uint8(128))
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def constant(self, hint: str, value) -> str:
+        from onnx import numpy_helper
+
+        name = self._name(hint)
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attributes):
+        from onnx import helper
+
+        names = [self._name(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, domain=domain or None, **attributes))
+        return names[0] if outputs == 1 else names
+
+    def _release(self, module: nn.Module) -> None:
+        if self.consume:
+            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                tensor.data = torch.empty(0, dtype=tensor.dtype)
+
+    # -- the network --------------------------------------------------------------------------------
+
+    def build(self, normalize: bool = True, token_table: TableFormat | None = None):
+        from onnx import TensorProto, helper
+
+        config = self.config
+        ids, mask = INPUTS
+        if token_table is None:
+            hidden = self.embedding(ids)
+            inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"]) for name in INPUTS]
+        else:  # rows looked up outside the graph (token_table.TokenTable), already times sqrt(hidden)
+            hidden = TOKEN_EMBEDDINGS
+            inputs = [
+                helper.make_tensor_value_info(hidden, TensorProto.FLOAT, ["batch", "sequence", config.hidden_size]),
+                helper.make_tensor_value_info(mask, TensorProto.INT64, ["batch", "sequence"]),
+            ]
+        positions, masks = self.positions_and_masks(mask)
+        rope = {
+            "full_attention": self.rope_tables("rope_global", config.rope_theta),
+            "sliding_attention": self.rope_tables("rope_local", config.rope_local_base_freq),
+        }
+        for index, layer in enumerate(self.model.encoder.layers):
+            hidden = self.layer(layer, index, hidden, positions, rope[layer.layer_type], masks[layer.layer_type])
+        hidden = self.rms_norm(hidden, self.model.encoder.norm)
+        out = self.mean_pool(hidden, mask)
+        for dense in self.model.dense:
+            (out,) = self.linears(out, [dense])
+        if normalize:  # F.normalize: x / max(|x|, 1e-12)
+            length = self.op("ReduceL2", [out, self.constant("axes", np.array([-1]))], keepdims=1)
+            norm = self.op("Max", [length, self.constant("eps", np.float32(1e-12))])
+            out = self.op("Div", [out, norm])
+        self.nodes[-1].output[0] = OUTPUT
+        used = {name for node in self.nodes for name in node.input}
+        self.initializers = [tensor for tensor in self.initializers if tensor.name in used]
+        graph = helper.make_graph(
+            self.nodes,
+            "embeddinggemma",
+            inputs,
+            [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", self.model.config.embedding_dim])],
+            initializer=self.initializers,
         )
-    return program.model_proto
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(node.domain == MS_DOMAIN for node in self.nodes):
+            opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+        proto = helper.make_model(graph, opset_imports=opsets, producer_name="embeddinggemma")
+        proto.ir_version = IR_VERSION
+        if token_table is not None:
+            helper.set_model_props(proto, {METADATA_KEY: token_table.to_json()})
+        return proto
 
+    def embedding(self, ids: str) -> str:
+        """Token rows times sqrt(hidden) (the encoder's `embed`, in fp32)."""
+        module = self.model.encoder.embed_tokens
+        if isinstance(module, QuantizedEmbedding):
+            rows = self._quantized_rows(module, ids)
+        else:
+            rows = self.op("Gather", [self.constant("embed_tokens", module.weight.float()), ids])
+        self._release(module)
+        return self.op("Mul", [rows, self.constant("embed_scale", np.float32(self.config.embed_scale))])
 
-def drop_nan_guards(model_proto):
-    """Remove the exporter's `Where(IsNaN(Softmax(x)), 0, Softmax(x))` after every attention softmax.
+    def _quantized_rows(self, module: QuantizedEmbedding, ids: str) -> str:
+        layout, q, scale = module.layout, module.qweight, module.scale
+        if layout.block is None:  # per-row int8 table: gather int8 rows and their scales, multiply
+            rows = self.op("Cast", [self.op("Gather", [self.constant("embed_q", q), ids])], to=1)
+            scales = self.op("Gather", [self.constant("embed_scale_rows", scale.float().reshape(-1, 1)), ids])
+            return self.op("Mul", [rows, scales])
+        return self.op(
+            "GatherBlockQuantized",
+            [self.constant("embed_q", _pack_unsigned(q, layout.bits)), ids, self.constant("embed_s", scale.float())],
+            domain=MS_DOMAIN,
+            bits=layout.bits,
+            block_size=layout.block,
+            gather_axis=0,
+            quantize_axis=1,
+        )
 
-    The guard is for rows where every key is masked; ours always see themselves (the masks' diagonal),
-    so it only costs a (B, H, T, T) tensor and a pass over it per layer."""
-    graph = model_proto.graph
-    producer = {output: node for node in graph.node for output in node.output}
-    nan_checks = {
-        node.output[0]: node.input[0]
-        for node in graph.node
-        if node.op_type == "IsNaN" and getattr(producer.get(node.input[0]), "op_type", None) == "Softmax"
-    }
-    renamed, dropped = {}, set()
-    for node in graph.node:
-        if node.op_type == "Where" and node.input[0] in nan_checks and node.input[2] == nan_checks[node.input[0]]:
-            renamed[node.output[0]] = node.input[2]
-            dropped.add(node.output[0])
-    used = {name for node in graph.node if node.output[0] not in dropped for name in node.input}
-    keep = [
-        node
-        for node in graph.node
-        if node.output[0] not in dropped and not (node.op_type == "IsNaN" and node.output[0] not in used)
-    ]
-    for node in keep:
-        node.input[:] = [renamed.get(name, name) for name in node.input]
-    for output in graph.output:
-        output.name = renamed.get(output.name, output.name)
-    del graph.node[:]
-    graph.node.extend(keep)
-    _drop_unused_initializers(graph)
-    return model_proto
+    def positions_and_masks(self, mask: str) -> tuple[str, dict[str, str]]:
+        """Positions (B, T) and one boolean mask per attention kind, shared by every layer.
 
+        Full layers see every real key, sliding layers the real keys within the window, both as
+        (B, 1, T, T) (ONNX Runtime's Attention wants a row per query). Every row also sees itself, so a
+        padding row far from the text never has all keys masked (a NaN there would reach the real
+        rows through 0 * NaN in the next layer)."""
+        shape = self.op("Shape", [mask])  # (B, T)
+        length = self.op("Gather", [shape, self.constant("axis1", np.int64(1))])
+        index = self.op("Range", [self.constant("zero", np.int64(0)), length, self.constant("one", np.int64(1))])
+        positions = self.op("Expand", [self.op("Unsqueeze", [index, self.constant("axes0", np.array([0]))]), shape])
+        keys = self.op("Cast", [self.op("Unsqueeze", [mask, self.constant("axes12", np.array([1, 2]))])], to=9)
+        rows = self.op("Unsqueeze", [index, self.constant("axes1", np.array([1]))])
+        distance = self.op("Abs", [self.op("Sub", [rows, index])])  # (T, T)
+        band = self.op("LessOrEqual", [distance, self.constant("radius", np.int64(self.config.window_radius))])
+        diagonal = self.op("Equal", [distance, self.constant("zero", np.int64(0))])
+        sliding = self.op("Or", [self.op("And", [keys, band]), diagonal])
+        return positions, {"full_attention": self.op("Or", [keys, diagonal]), "sliding_attention": sliding}
 
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+    def rope_tables(self, hint: str, base: float) -> tuple[str, str]:
+        """cos/sin caches (max positions, head_dim / 2), the same fp32 numbers as the model's tables."""
+        positions = torch.arange(self.config.max_position_embeddings)[None]
+        cos, sin = rotary_cos_sin(positions, self.config.head_dim, base, torch.float32)
+        half = self.config.head_dim // 2
+        return self.constant(f"{hint}_cos", cos[0, 0, :, :half]), self.constant(f"{hint}_sin", sin[0, 0, :, :half])
+
+    def layer(self, layer: EncoderLayer, index: int, x: str, positions: str, rope: tuple[str, str], mask: str) -> str:
+        config, attn = self.config, layer.self_attn
+        heads, kv_heads, head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        q, k, v = self.linears(self.rms_norm(x, layer.input_layernorm), [attn.q_proj, attn.k_proj, attn.v_proj])
+        q = self.rotate(self.rms_norm(q, attn.q_norm, head_dim), positions, rope, heads)
+        k = self.rotate(self.rms_norm(k, attn.k_norm, head_dim), positions, rope, kv_heads)
+        attended = self.op("Attention", [q, k, v, mask], q_num_heads=heads, kv_num_heads=kv_heads, scale=attn.scale)
+        (out,) = self.linears(attended, [attn.o_proj])
+        x = self.op("Add", [x, self.rms_norm(out, layer.post_attention_layernorm)])
+        normed = self.rms_norm(x, layer.pre_feedforward_layernorm)
+        gate, up = self.linears(normed, [layer.mlp.gate_proj, layer.mlp.up_proj])
+        (down,) = self.linears(self.op("Mul", [self.op("Gelu", [gate], approximate="tanh"), up]), [layer.mlp.down_proj])
+        logger.debug("layer %d written (%s)", index, config.layer_types[index])
+        return self.op("Add", [x, self.rms_norm(down, layer.post_feedforward_layernorm)])
+
+    def rms_norm(self, x: str, norm: RMSNorm, head_dim: int | None = None) -> str:
+        """Gemma's RMSNorm (x * rsqrt(mean(x^2) + eps) * (1 + w)); per head when `head_dim` is given."""
+        scale = self.constant("norm", 1.0 + norm.weight.detach().float())
+        self._release(norm)
+        if head_dim is None:
+            return self.op("RMSNormalization", [x, scale], axis=-1, epsilon=norm.eps)
+        heads = self.op("Reshape", [x, self.constant("heads", np.array([0, 0, -1, head_dim]))])
+        normed = self.op("RMSNormalization", [heads, scale], axis=-1, epsilon=norm.eps)
+        return self.op("Reshape", [normed, self.constant("flat", np.array([0, 0, -1]))])
+
+    def rotate(self, x: str, positions: str, rope: tuple[str, str], heads: int) -> str:
+        """Half-split RoPE over the whole head (the model's `apply_rotary`) on (B, T, heads * D)."""
+        return self.op("RotaryEmbedding", [x, rope[0], rope[1], positions], num_heads=heads, interleaved=0)
+
+    def mean_pool(self, hidden: str, mask: str) -> str:
+        """Mean over attended tokens: one (B, 1, T) x (B, T, C) product, divided by the count (>= 1)."""
+        weights = self.op("Unsqueeze", [self.op("Cast", [mask], to=1), self.constant("axes1", np.array([1]))])
+        summed = self.op("Squeeze", [self.op("MatMul", [weights, hidden]), self.constant("axes1", np.array([1]))])
+        count = self.op("ReduceSum", [weights, self.constant("axes2", np.array([2]))], keepdims=0)
+        return self.op("Div", [summed, self.op("Max", [count, self.constant("one", np.float32(1.0))])])
+
+    # -- linear layers ------------------------------------------------------------------------------
+
+    def linears(self, x: str, modules: list[nn.Module]) -> list[str]:
+        """x times each module's weight; modules stored alike are one product, then split."""
+        weights = [self._weight(module) for module in modules]
+        integer = any(self._integer(w) for w in weights)
+        integer_input = self.quantize_rows(x, weights[0].values.shape[1]) if integer else None
+        if len(weights) > 1 and all(weights[0].joins(w) for w in weights[1:]):
+            sizes = [w.values.shape[0] for w in weights]
+            joined = _Weight(
+                weights[0].layout,
+                torch.cat([w.values for w in weights]),
+                None if weights[0].scale is None else torch.cat([w.scale for w in weights]),
+                None,
+            )
+            product = self.matmul(x, joined, integer_input)
+            outputs = self.op("Split", [product, self.constant("sizes", np.array(sizes))], outputs=len(sizes), axis=-1)
+        else:
+            outputs = [self.matmul(x, weight, integer_input) for weight in weights]
+        for module in modules:
+            self._release(module)
+        return outputs
+
+    @staticmethod
+    def _weight(module: nn.Module) -> _Weight:
+        bias = None if module.bias is None else module.bias.detach().float()
+        if isinstance(module, QuantizedLinear):
+            return _Weight(module.layout, module.qweight, module.scale, bias)
+        return _Weight(None, module.weight.detach().float(), None, bias)
+
+    def _integer(self, weight: _Weight) -> bool:
+        """Whether this product multiplies integers (int8 activations and per-channel int8 weights)."""
+        return self.int8_activations and weight.layout is not None and weight.layout.block is None
+
+    def quantize_rows(self, x: str, width: int) -> tuple[str, str]:
+        """x (..., K) -> (uint8 values with zero point 128, per-token scale (..., 1)): symmetric int8,
+        scale = max |x| / 127 per token, so nothing saturates and outlier tokens keep their own scale."""
+        absmax = self.op("ReduceMax", [self.op("Abs", [x]), self.constant("axes", np.array([-1]))], keepdims=1)
+        scale = self.op("Max", [self.op("Mul", [absmax, self.constant("inv127", np.float32(1 / 127))]), self._tiny])
+        zero = self.op("Expand", [self._zero_u8, self.op("Shape", [scale])])
+        return self.op("QuantizeLinear", [x, scale, zero], axis=-1, block_size=width), scale
+
+    def matmul(self, x: str, weight: _Weight, integer_input: tuple[str, str] | None = None) -> str:
+        """x @ W.T (+ bias). With int8 activations, `integer_input` is x quantized (`quantize_rows`).
+
+        The per-token scale is multiplied in even before a norm that would cancel it: the norms' eps
+        does not scale with it, and leaving it out cost a cosine of 0.97 on the real model."""
+        layout, (rows, cols) = weight.layout, weight.values.shape  # (N out, K in)
+        if layout is None:
+            out = self.op("MatMul", [x, self.constant("weight_t", weight.values.T.contiguous())])
+        elif self._integer(weight):  # uint8 (zero point 128) x int8 -> fp32, weight scales per column
+            values, row_scale = integer_input
+            product = self.op(
+                "MatMulIntegerToFloat",
+                [
+                    values,
+                    self.constant("qweight_t", weight.values.T.contiguous()),
+                    self._one,
+                    self.constant("scale", weight.scale.float().reshape(-1)),
+                    self._zero_u8,
+                ],
+                domain=MS_DOMAIN,
+            )
+            out = self.op("Mul", [product, row_scale])
+        elif layout.block is None:  # per-channel int8: dequantize the transposed weight, then MatMul
+            q_t = self.constant("qweight_t", weight.values.T.contiguous())
+            scales = self.constant("scale", weight.scale.float().reshape(-1))
+            out = self.op("MatMul", [x, self.op("DequantizeLinear", [q_t, scales], axis=1)])
+        else:
+            blocks = cols // layout.block
+            packed = _pack_unsigned(weight.values, layout.bits).reshape(rows, blocks, layout.block * layout.bits // 8)
+            out = self.op(
+                "MatMulNBits",
+                [x, self.constant("qweight", packed), self.constant("scale", weight.scale.float().reshape(-1))],
+                domain=MS_DOMAIN,
+                K=cols,
+                N=rows,
+                bits=layout.bits,
+                block_size=layout.block,
+                accuracy_level=self.accuracy_level,
+            )
+        return out if weight.bias is None else self.op("Add", [out, self.constant("bias", weight.bias)])
 
 
 def _pack_unsigned(q: torch.Tensor, bits: int) -> np.ndarray:
@@ -185,168 +389,6 @@ def _pack_unsigned(q: torch.Tensor, bits: int) -> np.ndarray:
     if bits == 8:
         return unsigned
     return (unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)).astype(np.uint8)
-
-
-def quantize_graph(model_proto, tensors: dict, accuracy_level: int = ACCURACY_FP32):
-    """Replace the float ops that read quantized weights (`qat.quantized_tensors` of the converted model)
-    by ONNX Runtime's weight-only quantized ops."""
-    from onnx import helper, numpy_helper
-
-    graph = model_proto.graph
-    by_digest: dict[str, tuple[str, str]] = {}  # digest -> (module name, "W" or "WT")
-    for name, (_, q, scale) in tensors.items():
-        weight = dequantize(q, scale).numpy()
-        by_digest.setdefault(_digest(weight), (name, "W"))
-        by_digest.setdefault(_digest(weight.T), (name, "WT"))
-    initializers = {init.name: init for init in graph.initializer}
-    replaced: dict[str, str] = {}
-    new_nodes = []
-    for node in graph.node:
-        target = _match(node, initializers, by_digest)
-        if target is None:
-            new_nodes.append(node)
-            continue
-        name, weight_input = target
-        layout, q, scale = tensors[name]
-        prefix = name.replace(".", "_")
-        if node.op_type == "Gather":
-            nodes, inits = _gather_block_quantized(node, prefix, layout, q, scale, helper, numpy_helper)
-        else:
-            nodes, inits = _quantized_matmul(
-                node, weight_input, prefix, layout, q, scale, accuracy_level, helper, numpy_helper
-            )
-        new_nodes += nodes
-        graph.initializer.extend(inits)
-        replaced[name] = node.op_type
-    missing = sorted(set(tensors) - set(replaced))
-    if missing:
-        raise RuntimeError(f"ONNX export: no graph operator found for quantized weights {missing[:4]}")
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    _drop_unused_initializers(graph)
-    if not any(opset.domain == MS_DOMAIN for opset in model_proto.opset_import):
-        model_proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return model_proto
-
-
-def _match(node, initializers, by_digest) -> tuple[str, str] | None:
-    """(module name, input name of the weight) when `node` reads a quantized weight, else None."""
-    if node.op_type not in ("MatMul", "Gemm", "Gather"):
-        return None
-    position = 0 if node.op_type == "Gather" else 1
-    if len(node.input) <= position or node.input[position] not in initializers:
-        return None
-    from onnx import numpy_helper
-
-    array = numpy_helper.to_array(initializers[node.input[position]])
-    if array.ndim != 2 or array.dtype != np.float32:
-        return None
-    found = by_digest.get(_digest(array))
-    if found is None:
-        return None
-    name, orientation = found
-    if node.op_type == "Gather" and orientation != "W":
-        return None
-    if node.op_type == "MatMul" and orientation != "WT":
-        return None
-    if node.op_type == "Gemm":
-        attrs = {a.name: a for a in node.attribute}
-        trans_b = attrs["transB"].i if "transB" in attrs else 0
-        if (
-            (orientation == "W") != bool(trans_b)
-            or any(k in attrs and attrs[k].f != 1.0 for k in ("alpha", "beta"))
-            or ("transA" in attrs and attrs["transA"].i)
-        ):
-            return None
-    return name, node.input[position]
-
-
-def _quantized_matmul(node, weight_input, prefix, layout: Layout, q, scale, accuracy_level, helper, numpy_helper):
-    rows, cols = q.shape  # (N out, K in)
-    activation = node.input[0]
-    out = node.output[0]
-    bias = list(node.input[2:3]) if node.op_type == "Gemm" else []
-    matmul_out = out if not bias else f"{prefix}_matmul"
-    if layout.block is None:
-        # per-channel int8: DequantizeLinear over the transposed weight, then a plain MatMul
-        weight_t = numpy_helper.from_array(q.T.contiguous().numpy(), f"{prefix}_qweight_t")
-        scales = numpy_helper.from_array(scale.float().reshape(-1).numpy(), f"{prefix}_scale")
-        dq = helper.make_node("DequantizeLinear", [weight_t.name, scales.name], [f"{prefix}_weight_t"], axis=1)
-        nodes = [dq, helper.make_node("MatMul", [activation, f"{prefix}_weight_t"], [matmul_out])]
-        inits = [weight_t, scales]
-    else:
-        blocks = cols // layout.block
-        packed = _pack_unsigned(q, layout.bits).reshape(rows, blocks, layout.block * layout.bits // 8)
-        weight = numpy_helper.from_array(packed, f"{prefix}_qweight")
-        scales = numpy_helper.from_array(scale.float().reshape(-1).numpy(), f"{prefix}_scale")
-        nodes = [
-            helper.make_node(
-                "MatMulNBits",
-                [activation, weight.name, scales.name],
-                [matmul_out],
-                domain=MS_DOMAIN,
-                K=cols,
-                N=rows,
-                bits=layout.bits,
-                block_size=layout.block,
-                accuracy_level=accuracy_level,
-            )
-        ]
-        inits = [weight, scales]
-    if bias:
-        nodes.append(helper.make_node("Add", [matmul_out, bias[0]], [out]))
-    return nodes, inits
-
-
-def _gather_block_quantized(node, prefix, layout: Layout, q, scale, helper, numpy_helper):
-    if layout.block is None:
-        # per-row int8 table: gather int8 rows and their scales, multiply
-        table = numpy_helper.from_array(q.numpy(), f"{prefix}_qweight")
-        scales = numpy_helper.from_array(scale.float().reshape(-1, 1).numpy(), f"{prefix}_scale")
-        ids = node.input[1]
-        nodes = [
-            helper.make_node("Gather", [table.name, ids], [f"{prefix}_rows"]),
-            helper.make_node("Gather", [scales.name, ids], [f"{prefix}_row_scales"]),
-            helper.make_node("Cast", [f"{prefix}_rows"], [f"{prefix}_rows_f"], to=1),
-            helper.make_node("Mul", [f"{prefix}_rows_f", f"{prefix}_row_scales"], [node.output[0]]),
-        ]
-        return nodes, [table, scales]
-    table = numpy_helper.from_array(_pack_unsigned(q, layout.bits), f"{prefix}_qweight")
-    scales = numpy_helper.from_array(scale.float().numpy(), f"{prefix}_scale")
-    gather = helper.make_node(
-        "GatherBlockQuantized",
-        [table.name, node.input[1], scales.name],
-        [node.output[0]],
-        domain=MS_DOMAIN,
-        bits=layout.bits,
-        block_size=layout.block,
-        gather_axis=0,
-        quantize_axis=1,
-    )
-    return [gather], [table, scales]
-
-
-def _drop_unused_initializers(graph) -> None:
-    used = {name for node in graph.node for name in node.input}
-    used |= {output.name for output in graph.output}
-    keep = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-
-
-def build_onnx(
-    model: EmbeddingGemma, accuracy_level: int = ACCURACY_FP32, normalize: bool = True, consume: bool = False
-):
-    """The ONNX model (onnx.ModelProto) of a float or converted (`qat.convert_`) EmbeddingGemma.
-
-    `normalize=False` leaves the L2 normalisation out (the Embedder's runtime normalises itself);
-    `consume=True` lets the export turn `model`'s quantized modules back into float ones (less memory).
-    """
-    tensors = quantized_tensors(model)
-    if not tensors:
-        return drop_nan_guards(trace_float_graph(model.float().eval(), normalize))
-    traced = drop_nan_guards(trace_float_graph(float_copy(model, inplace=consume), normalize))
-    return quantize_graph(traced, tensors, accuracy_level)
 
 
 def save_onnx(model_proto, path: Path, *, external_data: bool = False) -> None:

@@ -36,6 +36,8 @@ SCHEMES: dict[str, dict[str, Layout]] = {
     "int4": {"embed": Q4_0, "attn": Q4_0, "ffn": Q4_0, "proj": Q4_0},
     "mixed": {"embed": Q4_0, "attn": Q8_0, "ffn": Q4_0, "proj": Q4_0},  # e4_a8_f4_p4
     "int8-channel": {"embed": INT8_CHANNEL, "attn": INT8_CHANNEL, "ffn": INT8_CHANNEL, "proj": INT8_CHANNEL},
+    # the int8-channel weights; the runtime quantizes activations too (schemes.INT8_ACTIVATION_SCHEMES)
+    "w8a8": {"embed": INT8_CHANNEL, "attn": INT8_CHANNEL, "ffn": INT8_CHANNEL, "proj": INT8_CHANNEL},
 }
 
 

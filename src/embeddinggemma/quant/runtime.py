@@ -121,6 +121,6 @@ def load_quantized(
     revision: str | None = None,
     num_threads: int | None = None,
 ) -> tuple[OnnxEmbeddingModel, CheckpointInfo]:
-    """The quantized CPU model of a checkpoint, converting it once (about a minute) into the cache."""
+    """The quantized CPU model of a checkpoint, converting it once (~10 s) into the cache."""
     path, info = quantized_model_file(name_or_path, scheme, cache_dir=cache_dir, revision=revision)
     return OnnxEmbeddingModel(path, info.config, num_threads), info

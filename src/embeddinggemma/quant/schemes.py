@@ -3,7 +3,10 @@ per weight group are in `qat.SCHEMES`."""
 
 from __future__ import annotations
 
-SCHEME_NAMES = ("int8", "int4", "mixed", "int8-channel")
+SCHEME_NAMES = ("int8", "int4", "mixed", "int8-channel", "w8a8")
+# Schemes whose runtime also rounds each matrix product's input to int8, one scale per token (the
+# weights as int8-channel): integer GEMMs instead of weight-only kernels.
+INT8_ACTIVATION_SCHEMES = ("w8a8",)
 SCHEME_ALIASES = {"e4_a8_f4_p4": "mixed", "q8_0": "int8", "q4_0": "int4"}
 
 

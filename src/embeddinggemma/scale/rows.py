@@ -92,7 +92,7 @@ def fixed_size_list(values: np.ndarray, null_rows: np.ndarray | None = None) -> 
 @contextlib.contextmanager
 def _conversion_lock(quantize: str | None) -> Iterator[None]:
     """With `quantize`, one worker per machine at a time loads: the first converts the checkpoint into the
-    machine's int8 cache (about a minute), the others wait and then read the cache instead of converting too."""
+    machine's int8 cache (seconds), the others wait and then read the cache instead of converting too."""
     if quantize is None:
         yield
         return
