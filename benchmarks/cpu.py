@@ -226,14 +226,14 @@ def run_child(engine: str, threads: int, exports: Path, texts_file: Path) -> Non
 def file_sizes(exports: Path) -> dict[str, float]:
     """MB on disk of what each engine loads (the quantized runtime: its cached ONNX file)."""
     from embeddinggemma.checkpoint import resolve_checkpoint
-    from embeddinggemma.quant.cache import DATA_FILE, MODEL_FILE, cache_entry, default_cache_dir
+    from embeddinggemma.quant.cache import CHECKED_FILES, MODEL_FILE, cache_entry, default_cache_dir
 
     root = resolve_checkpoint(MODEL)
     sizes = {REFERENCE: sum(p.stat().st_size for p in root.rglob("*.safetensors")) / 1e6}
     for scheme in OUR_SCHEMES:
         entry = cache_entry(root, scheme, default_cache_dir())
         if (entry / MODEL_FILE).exists():
-            files = (entry / MODEL_FILE, entry / DATA_FILE)
+            files = [entry / name for name, _ in CHECKED_FILES]  # graph, tensors, token table
             sizes[f"ours {scheme} (onnxruntime)"] = sum(f.stat().st_size for f in files if f.exists()) / 1e6
     for path in exports.glob("embeddinggemma-*"):
         sizes[path.name] = path.stat().st_size / 1e6

@@ -1,8 +1,9 @@
 """The quantized CPU runtime behind `Embedder.from_pretrained(..., quantize=...)`: ONNX Runtime.
 
-Chosen by measurement (benchmarks/cpu.py, README "Quantization"): ONNX Runtime's weight-only block
-kernels (`MatMulNBits`, int8 dot products on VNNI/AMX) running our exact Q8_0 / Q4_0 integers beat
-PyTorch's int8 (`torch.ops.quantized`, now retired here), OpenVINO and llama.cpp at equal quality.
+Chosen by measurement (benchmarks/cpu.py, README "Quantization"): ONNX Runtime on a graph written from
+fused operators; for w8a8 its integer GEMMs (int8 activations per token), for the weight-only schemes
+its block kernels (`MatMulNBits`) on our exact Q8_0 / Q4_0 integers. It beat PyTorch's int8
+(`torch.ops.quantized`, now retired here) and llama.cpp, and OpenVINO on queries.
 
 The converted graph and its cache are in `cache.py` / `convert.py`; the session and its batching are
 the torch-free `ondevice.OnnxSession`, which `OnnxEmbedder` runs too. This module wraps that session as
