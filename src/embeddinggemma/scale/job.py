@@ -391,6 +391,9 @@ def _read_reports(out: OutputDir, names: list[str]) -> dict[str, dict]:
 
 def _finish(out: OutputDir, plan: Plan, reports: dict[str, dict], started: float, this_run: dict) -> JobSummary:
     """Gather the block reports into `_bad_rows.jsonl` and `_SUCCESS`."""
+    # every block is done: what is left in _tmp was being written by a worker that died (Ray retried
+    # its block elsewhere), and nothing will ever finish it
+    out.clear_temporary()
     earlier = [b.name for b in plan.blocks if b.name not in reports]
     reports.update(_read_reports(out, earlier))
     lines: list[str] = []
