@@ -32,7 +32,13 @@ from torch import nn
 from embeddinggemma.model import EmbeddingGemma, EncoderLayer, RMSNorm, rotary_cos_sin
 from embeddinggemma.quant.formats import Layout
 from embeddinggemma.quant.qat import QuantizedEmbedding, QuantizedLinear, _QuantModule
-from embeddinggemma.quant.token_table import METADATA_KEY, TOKEN_EMBEDDINGS, TableFormat, encode_records
+from embeddinggemma.quant.token_table import (
+    METADATA_KEY,
+    TOKEN_EMBEDDINGS,
+    TableFormat,
+    encode_records,
+    pack_unsigned,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +235,11 @@ class GraphBuilder:
             return self.op("Mul", [rows, scales])
         return self.op(
             "GatherBlockQuantized",
-            [self.constant("embed_q", _pack_unsigned(q, layout.bits)), ids, self.constant("embed_s", scale.float())],
+            [
+                self.constant("embed_q", pack_unsigned(q.numpy(), layout.bits)),
+                ids,
+                self.constant("embed_s", scale.float()),
+            ],
             domain=MS_DOMAIN,
             bits=layout.bits,
             block_size=layout.block,
@@ -369,7 +379,8 @@ class GraphBuilder:
             out = self.op("MatMul", [x, self.op("DequantizeLinear", [q_t, scales], axis=1)])
         else:
             blocks = cols // layout.block
-            packed = _pack_unsigned(weight.values, layout.bits).reshape(rows, blocks, layout.block * layout.bits // 8)
+            packed = pack_unsigned(weight.values.numpy(), layout.bits)
+            packed = packed.reshape(rows, blocks, layout.block * layout.bits // 8)
             out = self.op(
                 "MatMulNBits",
                 [x, self.constant("qweight", packed), self.constant("scale", weight.scale.float().reshape(-1))],
@@ -381,14 +392,6 @@ class GraphBuilder:
                 accuracy_level=self.accuracy_level,
             )
         return out if weight.bias is None else self.op("Add", [out, self.constant("bias", weight.bias)])
-
-
-def _pack_unsigned(q: torch.Tensor, bits: int) -> np.ndarray:
-    """Signed values (R, C) -> unsigned with offset 2**(bits-1), nibbles low-first for 4 bits (R, C*bits/8)."""
-    unsigned = (q.to(torch.int16) + 2 ** (bits - 1)).to(torch.uint8).numpy()
-    if bits == 8:
-        return unsigned
-    return (unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)).astype(np.uint8)
 
 
 def save_onnx(model_proto, path: Path, *, external_data: bool = False) -> None:

@@ -60,16 +60,23 @@ class TableFormat:
         return cls(**json.loads(text))
 
 
+def pack_unsigned(q: np.ndarray, bits: int) -> np.ndarray:
+    """Signed values (R, C) -> uint8 with offset 2**(bits-1), two per byte low nibble first for 4 bits
+    (R, C * bits / 8): the layout of ONNX Runtime's MatMulNBits / GatherBlockQuantized and of this file."""
+    unsigned = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
+    if bits == 8:
+        return unsigned
+    return unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)
+
+
 def encode_records(values: np.ndarray, scales: np.ndarray | None, table: TableFormat) -> bytes:
     """Rows (R, C) -> the file's bytes. `values`: int8 q in the layout's range (fp32 rows when bits is 32);
     `scales`: (R, scales_per_row) fp32."""
     if table.bits == 32:
         return np.ascontiguousarray(values, dtype="<f4").tobytes()
-    unsigned = (values.astype(np.int16) + (1 << (table.bits - 1))).astype(np.uint8)
-    if table.bits == 4:
-        unsigned = unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)
+    packed = pack_unsigned(values, table.bits)
     scales = np.ascontiguousarray(scales, dtype="<f4").reshape(len(values), table.scales_per_row)
-    return np.concatenate([unsigned.view(np.uint8), scales.view(np.uint8)], axis=1).tobytes()
+    return np.concatenate([packed, scales.view(np.uint8)], axis=1).tobytes()
 
 
 class TokenTable:
