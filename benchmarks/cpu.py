@@ -79,11 +79,13 @@ def engine_names(skip: set[str]) -> list[str]:
 
 
 def export_file(exports: Path, fmt: str, scheme: str) -> Path:
-    """Our export of the checkpoint, built once (minutes) and reused."""
+    """Our export of the checkpoint, built once and reused while the conversion's version stands (a graph
+    written by an older version is not benchmarked as ours)."""
     from embeddinggemma.export import export_checkpoint
+    from embeddinggemma.quant.cache import CACHE_VERSION
 
     exports.mkdir(parents=True, exist_ok=True)
-    path = exports / f"embeddinggemma-{scheme}.{fmt}"
+    path = exports / f"embeddinggemma-{scheme}-v{CACHE_VERSION}.{fmt}"
     if not path.exists():
         print(f"exporting {path} (once)", file=sys.stderr, flush=True)
         export_checkpoint(MODEL, fmt, path, scheme=scheme)

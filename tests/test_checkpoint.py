@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from embeddinggemma import CheckpointError, Embedder, EmbeddingGemmaConfig, Gemma3TextConfig
 from embeddinggemma.checkpoint import resolve_checkpoint
+from embeddinggemma.checkpoint_info import DEFAULT_MODEL as REAL_MODEL
+from embeddinggemma.checkpoint_info import offline_snapshot
 from embeddinggemma.config import ConfigError
 
 
@@ -41,6 +46,48 @@ def test_hub_id_not_cached_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(CheckpointError, match=r"not in the local Hugging Face cache.*hf download"):
         resolve_checkpoint("someone/not-downloaded")
+
+
+def _offline_cache(monkeypatch, cache: Path) -> None:
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_offline_hub_id_resolves_as_snapshot_download(monkeypatch, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    commit, other = "a" * 40, "b" * 40
+    repo = tmp_path / "models--someone--model"
+    for sha in (commit, other):
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / "v2").write_text(other)
+    _offline_cache(monkeypatch, tmp_path)
+    for revision in (None, "v2", other):
+        expected = Path(snapshot_download("someone/model", revision=revision, cache_dir=tmp_path))
+        assert offline_snapshot("someone/model", revision) == expected
+        assert resolve_checkpoint("someone/model", revision) == expected
+    assert offline_snapshot("someone/model", "no-such-branch") is None
+    assert offline_snapshot("someone/other") is None
+    (repo / "trees").mkdir()
+    (repo / "trees" / f"{commit}.json").write_text("{}")
+    assert offline_snapshot("someone/model") is None, "a listed commit: snapshot_download checks completeness"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    assert offline_snapshot("someone/model") is None, "online: the hub is asked for the newest revision"
+
+
+def test_offline_resolution_never_imports_the_download_stack(real_snapshot):
+    code = (
+        "import sys; from embeddinggemma.checkpoint_info import resolve_checkpoint; "
+        f"print(resolve_checkpoint({REAL_MODEL!r})); print('huggingface_hub.file_download' in sys.modules)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(real_snapshot), "False"]
 
 
 def test_missing_tensor_is_named(copy_of):
