@@ -53,3 +53,12 @@ def test_qat_recipes_are_the_full_recipe_plus_qat(name):
     assert recipe.qat.scheme == name.removeprefix("qat-")
     assert recipe.loss == base.loss, "NCE, spread-out, Matryoshka and distillation kept"
     assert recipe.data.teacher == base.data.teacher, "self-distilled from the fp32 model's cached embeddings"
+
+
+def test_cpu_sized_qat_recipe_is_distillation_only_with_the_table_frozen():
+    recipe, full = load_recipe("qat-int4-cpu"), load_recipe("qat-int4")
+    assert recipe.qat == full.qat and recipe.model.checkpoint == full.model.checkpoint
+    assert (recipe.loss.contrastive_weight, recipe.loss.spread_out_weight, recipe.loss.distill_weight) == (0, 0, 1)
+    assert recipe.model.freeze_embeddings and not full.model.freeze_embeddings
+    assert recipe.data.teacher == "data/qat-cpu/teacher" and recipe.data.datasets == {"code": "data/qat-cpu/code"}
+    assert recipe.train.steps == 60 and recipe.data.batch_size == 8 and recipe.model.max_seq_length == 64
