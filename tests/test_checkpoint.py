@@ -37,22 +37,19 @@ def test_file_instead_of_directory(copy_of):
         resolve_checkpoint(copy_of / "config.json")
 
 
-def test_hub_id_not_cached_offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(CheckpointError, match=r"not in the local Hugging Face cache.*hf download"):
-        resolve_checkpoint("someone/not-downloaded")
-
-
 def _offline_cache(monkeypatch, cache: Path) -> None:
     import huggingface_hub.constants as constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_hub_id_not_cached_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    _offline_cache(monkeypatch, tmp_path)
+    with pytest.raises(CheckpointError, match=r"not in the local Hugging Face cache.*hf download"):
+        resolve_checkpoint("someone/not-downloaded")
 
 
 def test_offline_hub_id_resolves_as_snapshot_download(monkeypatch, tmp_path):

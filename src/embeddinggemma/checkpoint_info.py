@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -86,7 +87,7 @@ def offline_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     repo = Path(constants.HF_HUB_CACHE) / constants.REPO_ID_SEPARATOR.join(["models", *repo_id.split("/")])
     revision = revision or "main"
     commit = revision
-    if not (len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)):
+    if not re.fullmatch("[0-9a-f]{40}", revision):  # a commit hash, as huggingface_hub tells them apart
         try:
             commit = (repo / "refs" / revision).read_text().strip()
         except OSError:

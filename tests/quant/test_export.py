@@ -106,6 +106,8 @@ def test_onnx_graph_is_fused_operators(block_dir, tmp_path):
     assert ops.count("RotaryEmbedding") == 2 * layers and ops.count("MatMulNBits") == 4 * layers + 2
     assert len(ops) <= 45 * layers + 40, f"{len(ops)} nodes: the graph is meant to be ~45 per layer"
     assert ops.count("Where") == 2, "two attention biases, built once for all layers"
+    small = [(t.data_type, tuple(t.dims), t.raw_data) for t in graph.initializer if np.prod(t.dims) <= 16]
+    assert len(small) == len(set(small)), "each small constant (axes, shapes, scalars) written once"
 
 
 def test_gguf_holds_our_integers_and_scales_exactly(block_dir, block_embedder, tmp_path):

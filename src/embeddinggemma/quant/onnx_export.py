@@ -53,6 +53,7 @@ OUTPUT = "sentence_embedding"
 # MatMulNBits accuracy_level: 0 = compute in fp32 from dequantized weights; 4 = int8 activations
 # per block, int8 dot products (VNNI/AMX). Chosen per file at export time.
 ACCURACY_FP32, ACCURACY_INT8 = 0, 4
+SHARED_CONSTANT_SIZE = 16  # initializers of at most this many elements are written once per graph
 
 
 def build_onnx(
@@ -140,6 +141,7 @@ class GraphBuilder:
         self.nodes: list = []
         self.initializers: list = []
         self._count = 0
+        self._shared: dict[tuple, str] = {}  # small constant's (dtype, shape, bytes) -> its initializer
         self._one = self.constant("one", np.float32(1.0))
         self._tiny = self.constant("tiny", np.float32(1e-30))  # an all-zero token's scale: its values stay 0
         self._zero_u8 = self.constant("zero_point", np.uint8(128))
@@ -152,11 +154,19 @@ class GraphBuilder:
         return f"{hint}_{self._count}"
 
     def constant(self, hint: str, value) -> str:
+        """An initializer holding `value`. Small ones (scalars, shapes, axes: every layer and product
+        asks for the same few) are written once and shared."""
         from onnx import numpy_helper
 
-        name = self._name(hint)
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)  # (scalars become shape (1,), as ONNX Runtime has always read them)
+        key = (array.dtype.str, array.shape, array.tobytes()) if array.size <= SHARED_CONSTANT_SIZE else None
+        if key in self._shared:
+            return self._shared[key]
+        name = self._name(hint)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        if key is not None:
+            self._shared[key] = name
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attributes):
@@ -341,7 +351,7 @@ class GraphBuilder:
         weights = self.op("Unsqueeze", [self.op("Cast", [mask], to=1), self.constant("axes1", np.array([1]))])
         summed = self.op("Squeeze", [self.op("MatMul", [weights, hidden]), self.constant("axes1", np.array([1]))])
         count = self.op("ReduceSum", [weights, self.constant("axes2", np.array([2]))], keepdims=0)
-        return self.op("Div", [summed, self.op("Max", [count, self.constant("one", np.float32(1.0))])])
+        return self.op("Div", [summed, self.op("Max", [count, self._one])])
 
     # -- linear layers ------------------------------------------------------------------------------
 
