@@ -20,7 +20,7 @@ import torch
 from embeddinggemma.checkpoint import DEFAULT_MODEL, load_checkpoint
 from embeddinggemma.quant.onnx_export import ACCURACY_FP32, ACCURACY_INT8
 from embeddinggemma.quant.qat import SCHEMES, quantize_weights_, resolve_scheme
-from embeddinggemma.quant.schemes import INT8_ACTIVATION_SCHEMES
+from embeddinggemma.quant.schemes import INT8_ACTIVATION_SCHEMES, LOW_MEMORY_SCHEMES
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,11 @@ def export_checkpoint(
     else:
         from embeddinggemma.quant.onnx_export import build_onnx, save_onnx
 
-        int8_activations = scheme in INT8_ACTIVATION_SCHEMES
-        save_onnx(build_onnx(model, accuracy_level, consume=True, int8_activations=int8_activations), output)
+        int8_activations, low_memory = scheme in INT8_ACTIVATION_SCHEMES, scheme in LOW_MEMORY_SCHEMES
+        proto = build_onnx(
+            model, accuracy_level, consume=True, int8_activations=int8_activations, low_memory=low_memory
+        )
+        save_onnx(proto, output)
     logger.info("wrote %s (%s, %s, %.1f MB)", output, fmt, scheme, output.stat().st_size / 1e6)
     return output
 

@@ -26,8 +26,8 @@ def block_config() -> EmbeddingGemmaConfig:
     return EmbeddingGemmaConfig(backbone=backbone, head=HeadConfig(dense_features=(160, 96)), max_seq_length=128)
 
 
-def block_model(seed: int = 0) -> EmbeddingGemma:
-    model = EmbeddingGemma(block_config()).eval()
+def block_model(seed: int = 0, config: EmbeddingGemmaConfig | None = None) -> EmbeddingGemma:
+    model = EmbeddingGemma(config or block_config()).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # random everywhere, norms included (zeros would hide bugs)
         for name, param in model.named_parameters():

@@ -7,6 +7,9 @@ SCHEME_NAMES = ("int8", "int4", "mixed", "int8-channel", "w8a8")
 # Schemes whose runtime also rounds each matrix product's input to int8, one scale per token (the
 # weights as int8-channel): integer GEMMs instead of weight-only kernels.
 INT8_ACTIVATION_SCHEMES = ("w8a8",)
+# The smallest-memory schemes (int4 weights): their graphs score attention one chunk of query tokens at
+# a time (a third of the score memory of all heads at once, the same speed on these weights).
+LOW_MEMORY_SCHEMES = ("int4", "mixed")
 SCHEME_ALIASES = {"e4_a8_f4_p4": "mixed", "q8_0": "int8", "q4_0": "int4"}
 
 
