@@ -124,6 +124,16 @@ def test_w8a8_onnx_equals_per_token_int8_arithmetic(block_dir, block_embedder, t
     layers = block_embedder.model.config.backbone.num_hidden_layers
     assert ops.count("MatMulIntegerToFloat") == 4 * layers + 2, "q/k/v and gate/up are one product each"
     assert "MatMulNBits" not in ops and "DequantizeLinear" not in ops
+    # the runtime's conversion: the same arithmetic with the table outside and the band (TEXTS[1] is long
+    # for the tiny model's window), without the final normalisation
+    from embeddinggemma.quant.convert import convert_checkpoint
+    from embeddinggemma.quant.ondevice import OnnxSession
+
+    convert_checkpoint(block_dir, "w8a8", tmp_path / "runtime")
+    session = OnnxSession(tmp_path / "runtime" / MODEL_FILE, 1)
+    assert any(node.op_type == "If" for node in onnx.load(str(session.path), load_external_data=False).graph.node)
+    raw = session.run(ids.numpy(), mask.numpy())
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), expected, atol=2e-4, rtol=0)
 
 
 def _short_and_long_paths(graph) -> tuple[list[str], list[list[str]]]:

@@ -27,7 +27,7 @@ from embeddinggemma.quant.cache import (
 )
 from embeddinggemma.quant.onnx_export import ACCURACY_INT8, build_onnx, save_onnx, write_token_table
 from embeddinggemma.quant.qat import quantize_weights_
-from embeddinggemma.quant.schemes import INT8_ACTIVATION_SCHEMES, LOW_MEMORY_SCHEMES
+from embeddinggemma.quant.schemes import BANDED_SCHEMES, INT8_ACTIVATION_SCHEMES, LOW_MEMORY_SCHEMES
 
 
 def convert_checkpoint(
@@ -47,9 +47,9 @@ def convert_checkpoint(
     (entry / MANIFEST_FILE).unlink(missing_ok=True)  # the old manifest must not vouch for the new files
     table = write_token_table(model, entry / TABLE_FILE)
     int8_activations = scheme in INT8_ACTIVATION_SCHEMES
-    low_memory = scheme in LOW_MEMORY_SCHEMES
+    low_memory, banded = scheme in LOW_MEMORY_SCHEMES, scheme in BANDED_SCHEMES
     proto = build_onnx(
-        model, accuracy_level, False, True, int8_activations, token_table=table, low_memory=low_memory, banded=True
+        model, accuracy_level, False, True, int8_activations, token_table=table, low_memory=low_memory, banded=banded
     )
     del model
     save_onnx(proto, entry / MODEL_FILE, external_data=True)
