@@ -355,26 +355,15 @@ class GraphBuilder:
         # sliding layers of a long text: BAND_CHUNKS chunks of query tokens, each against the keys within
         # the window of its tokens only (`banded_attention`); worth it once a chunk's key span
         # (T / BAND_CHUNKS + 2 * radius) is shorter than the text
-        count = BAND_CHUNKS
-        threshold = 2 * radius * count // (count - 1) + 1
+        count, radius_1d = BAND_CHUNKS, self.constant("radius_1d", np.array([radius]))
+        threshold = 2 * radius * count // (count - 1)  # T - T / count > 2 * radius
         self._long = self.op("Greater", [length, self.constant("band_threshold", np.int64(threshold))])
-        size = self.op(
-            "Div",
-            [
-                self.op("Add", [tokens, self.constant("count_less_one", np.array([count - 1]))]),
-                self.constant("band_chunks", np.array([count])),
-            ],
-        )
+        rounded_up = self.op("Add", [tokens, self.constant("count_less_one", np.array([count - 1]))])
+        size = self.op("Div", [rounded_up, self.constant("band_chunks", np.array([count]))])  # ceil(T / count)
         starts = self.op("Min", [self.op("Mul", [self.constant("chunk_index", np.arange(count)), size]), tokens])
         ends = self.op("Min", [self.op("Add", [starts, size]), tokens])
-        key_starts = self.op(
-            "Max",
-            [
-                self.op("Sub", [starts, self.constant("radius_1d", np.array([radius]))]),
-                self.constant("zero_1d", np.array([0])),
-            ],
-        )
-        key_ends = self.op("Min", [self.op("Add", [ends, self.constant("radius_1d", np.array([radius]))]), tokens])
+        key_starts = self.op("Max", [self.op("Sub", [starts, radius_1d]), self.constant("zero_1d", np.array([0]))])
+        key_ends = self.op("Min", [self.op("Add", [ends, radius_1d]), tokens])
         ones = self.constant("band_ones", np.ones(count, np.int64))
         self._band = [
             self.op("Split", [bounds, ones], outputs=count, axis=0) for bounds in (starts, ends, key_starts, key_ends)
