@@ -368,8 +368,9 @@ def test_sigterm_cleans_up_and_says_nothing_was_written(tiny_st_dir, tmp_path):
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 143
+    code = process.wait(timeout=120)
     err = process.stderr.read().decode()
+    assert code == 143, err
     assert err == f"embeddinggemma embed: terminated (SIGTERM); nothing was written ({out} is unchanged)\n"
     assert out.read_bytes() == before and files(tmp_path) == ["in.txt", "out.npy"]
 
@@ -587,3 +588,19 @@ def test_tokenizer_workers_flag_reaches_from_pretrained():
     assert load_options(parser.parse_args([])) == {}
     with pytest.raises(argparse.ArgumentError, match="integer >= 0"):
         parser.parse_args(["--tokenizer-workers", "-1"])
+
+
+def test_a_signal_another_library_turned_into_an_error_still_counts_as_the_signal():
+    """A signal raised inside C code can come out as another error (torch: a TypeError while reading a
+    tensor; the CLI then said the checkpoint was corrupt): after SIGTERM it is the termination."""
+    from embeddinggemma.cli import SIGNALS, Terminated
+
+    restore = SIGNALS.install()
+    try:
+        error = TypeError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+        assert SIGNALS.interruption(error) is error, "no signal yet: the error is the error"
+        with pytest.raises(Terminated):
+            signal.raise_signal(signal.SIGTERM)
+        assert isinstance(SIGNALS.interruption(error), Terminated)
+    finally:
+        restore()

@@ -236,8 +236,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         try:
             report = _embed_into(args, source, writer)
             writer.close()
-        except (KeyboardInterrupt, Terminated) as exc:
+        except BaseException as raised:
             writer.abort()
+            exc = SIGNALS.interruption(raised)
+            if not isinstance(exc, KeyboardInterrupt | Terminated):
+                raise
             what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated (SIGTERM)"
             if output == "-":
                 written = f"{_plural(writer.rows, 'complete row')} had been written to stdout"
@@ -246,9 +249,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
             raise InterruptedRunError(
                 f"{what}; {written}", 130 if isinstance(exc, KeyboardInterrupt) else 143
             ) from None
-        except BaseException:
-            writer.abort()
-            raise
     finally:
         source.close()
     for line in report:
@@ -443,11 +443,13 @@ class _Signals:
     def __init__(self) -> None:
         self._depth = 0
         self._pending: int | None = None
+        self._raised: int | None = None  # the signal last raised as an exception in this run
 
     def install(self) -> Callable[[], None]:
         """Install the handlers; returns the function that restores the previous ones."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
+        self._raised = None
         previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job keeps ignoring Ctrl-C
@@ -466,10 +468,18 @@ class _Signals:
             self._raise(signum)
 
     def _raise(self, signum: int) -> None:
+        self._raised = signum
         if signum == signal.SIGTERM:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
             raise Terminated
         raise KeyboardInterrupt
+
+    def interruption(self, exc: BaseException) -> BaseException:
+        """`exc`, or the interruption it stands for: a signal raised inside a library's C code can come
+        out as another error (torch reports it as a TypeError while reading a tensor)."""
+        if isinstance(exc, KeyboardInterrupt | Terminated) or self._raised is None:
+            return exc
+        return Terminated() if self._raised == signal.SIGTERM else KeyboardInterrupt()
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -517,6 +527,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix} terminated (SIGTERM){note}", file=sys.stderr)
         return 143
     except (CheckpointError, ValueError, TypeError, ImportError, OSError) as exc:
+        interruption = SIGNALS.interruption(exc)
+        if isinstance(interruption, Terminated):
+            print(f"{prefix} terminated (SIGTERM){note}", file=sys.stderr)
+            return 143
+        if isinstance(interruption, KeyboardInterrupt):
+            print(f"{prefix} interrupted{note}", file=sys.stderr)
+            return 130
         message = " ".join(str(exc).splitlines()) or type(exc).__name__
         print(f"{prefix} error: {message}", file=sys.stderr)
         return 2
