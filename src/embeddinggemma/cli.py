@@ -496,6 +496,15 @@ class _Signals:
 SIGNALS = _Signals()
 
 
+def _report_interruption(exc: BaseException, prefix: str, note: str) -> int:
+    """Say that Ctrl-C or SIGTERM ended the run; the exit code of a process killed by that signal."""
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{prefix} interrupted{note}", file=sys.stderr)
+        return 130
+    print(f"{prefix} terminated (SIGTERM){note}", file=sys.stderr)
+    return 143
+
+
 def _quiet_stdout() -> None:
     """After a closed pipe: point stdout at /dev/null so the interpreter's final flush cannot fail again."""
     with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
@@ -520,20 +529,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InterruptedRunError as exc:
         print(f"{prefix} {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{prefix} interrupted{note}", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"{prefix} terminated (SIGTERM){note}", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _report_interruption(exc, prefix, note)
     except (CheckpointError, ValueError, TypeError, ImportError, OSError) as exc:
         interruption = SIGNALS.interruption(exc)
-        if isinstance(interruption, Terminated):
-            print(f"{prefix} terminated (SIGTERM){note}", file=sys.stderr)
-            return 143
-        if isinstance(interruption, KeyboardInterrupt):
-            print(f"{prefix} interrupted{note}", file=sys.stderr)
-            return 130
+        if interruption is not exc:
+            return _report_interruption(interruption, prefix, note)
         message = " ".join(str(exc).splitlines()) or type(exc).__name__
         print(f"{prefix} error: {message}", file=sys.stderr)
         return 2

@@ -9,10 +9,10 @@ elementwise nodes, and on a short query ONNX Runtime spent more time running tho
 matrix products. Here norms and RoPE are opset 23's fused `RMSNormalization` and `RotaryEmbedding`,
 `Gelu` is tanh, q/k/v and gate/up are one matrix product each, and the two attention masks are built
 once for all layers as additive biases. Attention is written as MatMul -> Add bias -> Softmax ->
-MatMul with the grouped KV heads broadcast (its scale folded into the q norm): on ONNX Runtime 1.32
-this ran the benchmark's passages ~20% faster than opset 23's `Attention` operator and held ~30 MB
-less activation memory on a 1,079-token text (the kernel holds several (heads, T, T) buffers; here one
-query head's scores are live at a time). ~45 nodes per layer.
+MatMul, a KV head's query heads stacked into one product (its scale folded into the q norm): on ONNX
+Runtime 1.32 the first such graph (one query head at a time) ran the benchmark's passages ~20% faster
+than opset 23's `Attention` operator and held ~30 MB less activation memory on a 1,079-token text;
+`GraphBuilder.attention` says what stacking, query chunks and the band add. Under 50 nodes per layer.
 
 Quantized schemes keep our exact integer weights and scales (from `quant/qat.py`, the same numbers
 the fake-quantized model trained with) in ONNX Runtime's weight-only operators:
@@ -120,7 +120,6 @@ class _HeadLayout:
     """How `attention` holds the heads: one kv head (B, T, ...) or several (B, KV, T, ...)."""
 
     kv_heads: int
-    head_dim: int
     rows: str  # the shape constant that stacks (.., T, G * D) into rows (.., T * G, D)
 
     @property
@@ -193,8 +192,8 @@ class GraphBuilder:
         self._chunk_tokens = self._chunk_rows = self._long = ""
         self._biases: dict[str, tuple[str, list[str]]] = {}
         self._band: list[list[str]] = []
-        config = self.config
-        self.query_chunks = config.num_attention_heads // config.num_key_value_heads if low_memory else 1
+        self.group = self.config.num_attention_heads // self.config.num_key_value_heads  # query heads per kv head
+        self.query_chunks = self.group if low_memory else 1
         self.banded = banded
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -335,7 +334,6 @@ class GraphBuilder:
         zero, hidden = self.constant("zero", np.float32(0.0)), self.constant("hidden", np.float32(-np.inf))
 
         several = self.config.num_key_value_heads > 1
-        group = self.config.num_attention_heads // self.config.num_key_value_heads
         tokens = self.op("Slice", [shape, *(self.constant(n, np.array([v])) for n, v in (("one", 1), ("two", 2)))])
         self._score_shapes = self.score_shapes(tokens)
         chunks = self.query_chunks
@@ -343,7 +341,7 @@ class GraphBuilder:
             chunk = self.op("Div", [tokens, self.constant("chunks", np.array([chunks]))])
             first = self.op("Sub", [tokens, self.op("Mul", [chunk, self.constant("others", np.array([chunks - 1]))])])
             self._chunk_tokens = self.op("Concat", [first, *[chunk] * (chunks - 1)], axis=0)
-            self._chunk_rows = self.op("Mul", [self._chunk_tokens, self.constant("group", np.array([group]))])
+            self._chunk_rows = self.op("Mul", [self._chunk_tokens, self.constant("group", np.array([self.group]))])
         for kind, seen in visible.items():
             axes = self.constant("bias_axes", np.array([1, 3] if several else [2]))
             bias = self.op("Unsqueeze", [self.op("Where", [seen, zero, hidden]), axes])
@@ -372,10 +370,9 @@ class GraphBuilder:
 
     def score_shapes(self, keys: str) -> tuple[str, str]:
         """(B, [KV,] T, G, keys) and (B, [KV,] T * G, keys): the scores viewed per head, and stacked."""
-        group = self.config.num_attention_heads // self.config.num_key_value_heads
         lead = [0, 0] if self.config.num_key_value_heads > 1 else [0]  # batch (and kv head) kept
         return (
-            self.op("Concat", [self.constant("grouped", np.array([*lead, -1, group])), keys], axis=0),
+            self.op("Concat", [self.constant("grouped", np.array([*lead, -1, self.group])), keys], axis=0),
             self.op("Concat", [self.constant("stacked", np.array([*lead, -1])), keys], axis=0),
         )
 
@@ -420,9 +417,7 @@ class GraphBuilder:
             per_token = self.op("Transpose", [self.op("Reshape", [q, by_kv])], perm=[0, 2, 1, 3])  # B, KV, T, G*D
             keys_t = self.op("Transpose", [self.op("Reshape", [k, by_kv])], perm=[0, 2, 3, 1])  # B, KV, D, T
             values = self.op("Transpose", [self.op("Reshape", [v, by_kv])], perm=[0, 2, 1, 3])  # B, KV, T, D
-        heads = _HeadLayout(
-            kv_heads, head_dim, self.constant("rows", np.array([0] * (kv_heads > 1) + [0, -1, head_dim]))
-        )
+        heads = _HeadLayout(kv_heads, self.constant("rows", np.array([0] * (kv_heads > 1) + [0, -1, head_dim])))
         whole_bias, bias_chunks = self._biases[kind]
         if kind == "sliding_attention" and self.banded:
             banded = self.branch("banded", lambda: self.banded_attention(per_token, keys_t, values, whole_bias, heads))
@@ -464,11 +459,11 @@ class GraphBuilder:
         starts, ends, key_starts, key_ends = self._band
         axis = heads.token_axis
         axes = self.constant("band_axes", np.array([axis]))
+        key_axes = self.constant("band_key_axes", np.array([axis + 1]))  # keys_t is (.., D, T)
         bias_axes = self.constant("band_bias_axes", np.array([axis, axis + 2]))
         attended = []
         for start, end, key_start, key_end in zip(starts, ends, key_starts, key_ends, strict=True):
             rows = self.op("Reshape", [self.op("Slice", [per_token, start, end, axes]), heads.rows])
-            key_axes = self.constant("band_key_axes", np.array([axis + 1]))
             chunk_keys = self.op("Slice", [keys_t, key_start, key_end, key_axes])
             chunk_values = self.op("Slice", [values, key_start, key_end, axes])
             corner = [self.op("Concat", [a, b], axis=0) for a, b in ((start, key_start), (end, key_end))]
