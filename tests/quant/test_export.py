@@ -64,7 +64,8 @@ def test_onnx_attention_layouts_equal_the_model(kv_heads, low_memory, banded):
     layout: 3 query heads, no transposes) or two; query chunks (low memory); the band (a long text's
     sliding layers against each chunk's window: the 20-token rows are long for the window of 6). A
     padded batch with a long row exercises both masks and the padding rows; 1- and 2-token texts are
-    shorter than the number of chunks (empty chunks) and than the band threshold."""
+    shorter than the number of chunks (empty chunks) and than the band threshold; a 60-token batch has
+    more query rows than the RoPE tables."""
     import dataclasses
 
     from quant_helpers import block_config, block_model
@@ -81,8 +82,17 @@ def test_onnx_attention_layouts_equal_the_model(kv_heads, low_memory, banded):
     mask[1, 7:], mask[2, 1:] = 0, 0
     proto = build_onnx(model, low_memory=low_memory, banded=banded)
     assert any(node.op_type == "If" for node in proto.graph.node) == banded
+    if kv_heads == 1:  # q's heads are normed and rotated as the score rows: no Reshape to heads and back
+        nodes = proto.graph.node
+        normed = {node.output[0] for node in nodes if node.op_type == "RMSNormalization"}
+        assert not [node for node in nodes if node.op_type == "Reshape" and node.input[0] in normed]
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    for batch_ids, batch_mask in [(ids, mask), (ids[:1, :1], mask[:1, :1]), (ids[:2, :2], mask[:2, :2])]:
+    # 60 tokens x 3 query heads: more score rows than RoPE table rows (128), which the rows must not be
+    long_ids = torch.randint(1, backbone.vocab_size, (2, 60), generator=generator)
+    long_mask = torch.ones_like(long_ids)
+    long_mask[1, 41:] = 0
+    batches = [(ids, mask), (ids[:1, :1], mask[:1, :1]), (ids[:2, :2], mask[:2, :2]), (long_ids, long_mask)]
+    for batch_ids, batch_mask in batches:
         with torch.no_grad():
             expected = padded_forward(model, batch_ids, batch_mask).numpy()
         got = session.run(None, {"input_ids": batch_ids.numpy(), "attention_mask": batch_mask.numpy()})[0]
@@ -122,7 +132,13 @@ def test_w8a8_onnx_equals_per_token_int8_arithmetic(block_dir, block_embedder, t
     assert (got * weight_only).sum(1).min() >= 0.99, "int8 activations stay close to the weight-only model"
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]
     layers = block_embedder.model.config.backbone.num_hidden_layers
-    assert ops.count("MatMulIntegerToFloat") == 4 * layers + 2, "q/k/v and gate/up are one product each"
+    assert ops.count("MatMulIntegerToFloat") == 7 * layers + 2, "q/k/v and gate/up apart: no Split copies"
+    assert ops.count("QuantizeLinear") == 4 * layers + 2, "one quantized input per norm / product input"
+    nodes = onnx.load(str(path)).graph.node
+    products = {node.output[0] for node in nodes if node.op_type == "MatMulIntegerToFloat"}
+    row_scales = {node.input[1] for node in nodes if node.op_type == "QuantizeLinear"}
+    scaled_after = [node for node in nodes if node.op_type == "Mul" and {*node.input} <= products | row_scales]
+    assert not scaled_after, "the per-token scale goes in as the product's A scale, not as a Mul after it"
     assert "MatMulNBits" not in ops and "DequantizeLinear" not in ops
     # the runtime's conversion: the same arithmetic with the table outside and the band (TEXTS[1] is long
     # for the tiny model's window), without the final normalisation

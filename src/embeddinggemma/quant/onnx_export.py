@@ -7,9 +7,10 @@ L2 normalisation are inside the graph, as in sentence-transformers' ONNX exports
 The graph is written from the weights, not traced: a traced Gemma layer is ~80 small shape and
 elementwise nodes, and on a short query ONNX Runtime spent more time running those than in the
 matrix products. Here norms and RoPE are opset 23's fused `RMSNormalization` and `RotaryEmbedding`,
-`Gelu` is tanh, q/k/v and gate/up are one matrix product each, and the two attention masks are built
-once for all layers as additive biases. Attention is written as MatMul -> Add bias -> Softmax ->
-MatMul, a KV head's query heads stacked into one product (its scale folded into the q norm): on ONNX
+`Gelu` is tanh, q/k/v and gate/up are one matrix product each (not w8a8's: `linears`), and the two
+attention masks are built once for all layers as additive biases. Attention is written as MatMul ->
+Add bias -> Softmax -> MatMul, a KV head's query heads stacked into one product (its scale folded into
+the q norm; with one kv head q is normed and rotated in that layout, `layer`): on ONNX
 Runtime 1.32 the first such graph (one query head at a time) ran the benchmark's passages ~20% faster
 than opset 23's `Attention` operator and held ~30 MB less activation memory on a 1,079-token text;
 `GraphBuilder.attention` says what stacking, query chunks and the band add. Under 50 nodes per layer.
@@ -115,18 +116,6 @@ def write_token_table(model: EmbeddingGemma, path: Path) -> TableFormat:
     return table
 
 
-@dataclass(frozen=True)
-class _HeadLayout:
-    """How `attention` holds the heads: one kv head (B, T, ...) or several (B, KV, T, ...)."""
-
-    kv_heads: int
-    rows: str  # the shape constant that stacks (.., T, G * D) into rows (.., T * G, D)
-
-    @property
-    def token_axis(self) -> int:
-        return 1 if self.kv_heads == 1 else 2
-
-
 def _all_nodes(nodes: list) -> list:
     """The nodes and, recursively, those of their subgraphs (`If` branches)."""
     found = []
@@ -192,6 +181,7 @@ class GraphBuilder:
         self._chunk_tokens = self._chunk_rows = self._long = ""
         self._biases: dict[str, tuple[str, list[str]]] = {}
         self._band: list[list[str]] = []
+        self._head_positions = self._rows_shape = ""
         self.group = self.config.num_attention_heads // self.config.num_key_value_heads  # query heads per kv head
         self.query_chunks = self.group if low_memory else 1
         self.banded = banded
@@ -323,6 +313,16 @@ class GraphBuilder:
         length = self.op("Gather", [shape, self.constant("axis1", np.int64(1))])
         index = self.op("Range", [self.constant("zero", np.int64(0)), length, self.constant("one", np.int64(1))])
         positions = self.op("Expand", [self.op("Unsqueeze", [index, self.constant("axes0", np.array([0]))]), shape])
+        if self.config.num_key_value_heads == 1:  # for `layer`'s q: (B * T, G) positions, the rows' shape
+            per_head = self.op("Unsqueeze", [positions, self.constant("axes2", np.array([2]))])
+            per_head = self.op("Expand", [per_head, self.constant("heads_1d", np.array([1, 1, self.group]))])
+            self._head_positions = self.op("Reshape", [per_head, self.constant("per_head", np.array([-1, self.group]))])
+            batch = self.op(
+                "Slice", [shape, self.constant("zero_1d", np.array([0])), self.constant("one", np.array([1]))]
+            )
+            self._rows_shape = self.op(
+                "Concat", [batch, self.constant("rows", np.array([-1, self.config.head_dim]))], axis=0
+            )
         keys = self.op("Cast", [self.op("Unsqueeze", [mask, self.constant("axes1", np.array([1]))])], to=9)
         rows = self.op("Unsqueeze", [index, self.constant("axes1", np.array([1]))])
         distance = self.op("Abs", [self.op("Sub", [rows, index])])  # (T, T)
@@ -362,9 +362,12 @@ class GraphBuilder:
         ends = self.op("Min", [self.op("Add", [starts, size]), tokens])
         key_starts = self.op("Max", [self.op("Sub", [starts, radius_1d]), self.constant("zero_1d", np.array([0]))])
         key_ends = self.op("Min", [self.op("Add", [ends, radius_1d]), tokens])
+        group = self.constant("group", np.array([self.group]))
+        row_starts, row_ends = (self.op("Mul", [bounds, group]) for bounds in (starts, ends))
         ones = self.constant("band_ones", np.ones(count, np.int64))
         self._band = [
-            self.op("Split", [bounds, ones], outputs=count, axis=0) for bounds in (starts, ends, key_starts, key_ends)
+            self.op("Split", [bounds, ones], outputs=count, axis=0)
+            for bounds in (starts, ends, row_starts, row_ends, key_starts, key_ends)
         ]
         return positions
 
@@ -388,8 +391,15 @@ class GraphBuilder:
         heads, kv_heads, head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
         q, k, v = self.linears(self.rms_norm(x, layer.input_layernorm), [attn.q_proj, attn.k_proj, attn.v_proj])
         # the score scale is folded into the q norm's weight (RoPE is linear; 1/16 here: exact in fp32)
-        q = self.rotate(self.rms_norm(q, attn.q_norm, head_dim, times=attn.scale), positions, rope, heads)
-        k = self.rotate(self.rms_norm(k, attn.k_norm, head_dim), positions, rope, kv_heads)
+        if kv_heads == 1:  # k is one head as it is; q's heads are normed and rotated as (B * T, G, D)
+            # (ONNX Runtime's RoPE wants the sequence axis no longer than its tables: heads there, not T * G)
+            by_head = self.op("Reshape", [q, self.constant("by_head", np.array([-1, heads, head_dim]))])
+            by_head = self.rotate(self.rms_norm(by_head, attn.q_norm, times=attn.scale), self._head_positions, rope, 1)
+            q = self.op("Reshape", [by_head, self._rows_shape])  # (B, T * G, D): `attention`'s rows
+            k = self.rotate(self.rms_norm(k, attn.k_norm), positions, rope, 1)
+        else:
+            q = self.rotate(self.rms_norm(q, attn.q_norm, head_dim, times=attn.scale), positions, rope, heads)
+            k = self.rotate(self.rms_norm(k, attn.k_norm, head_dim), positions, rope, kv_heads)
         (out,) = self.linears(self.attention(q, k, v, kind, kv_heads, heads // kv_heads, head_dim), [attn.o_proj])
         x = self.op("Add", [x, self.rms_norm(out, layer.post_attention_layernorm)])
         normed = self.rms_norm(x, layer.pre_feedforward_layernorm)
@@ -399,8 +409,9 @@ class GraphBuilder:
         return self.op("Add", [x, self.rms_norm(down, layer.post_feedforward_layernorm)])
 
     def attention(self, q: str, k: str, v: str, kind: str, kv_heads: int, group: int, head_dim: int) -> str:
-        """softmax(q k^T + bias) v over (B, T, heads * D) inputs, q already scaled: query head h reads kv
-        head h // group (as the model's repeat of the kv heads).
+        """softmax(q k^T + bias) v, q already scaled: query head h reads kv head h // group (as the model's
+        repeat of the kv heads). k, v: (B, T, KV * D); q: (B, T * G, D) rows with one kv head (`layer`
+        writes them), else (B, T, heads * D).
 
         A kv head's query heads are stacked as rows ordered (token, head), so one product scores them
         all: larger GEMMs than one head at a time (passages ~6% faster, short queries ~15%), and with one
@@ -409,22 +420,23 @@ class GraphBuilder:
         as many as one head's; 19 MB less for a 1,079-token text, for the same speed on int4 weights).
         Sliding layers of a text longer than the band threshold take `banded_attention` instead."""
         if kv_heads == 1:
-            per_token = q  # B, T, G*D
+            rows = q  # B, T*G, D
             keys_t = self.op("Transpose", [k], perm=[0, 2, 1])  # B, D, T
             values = v  # B, T, D
         else:
             by_kv = self.constant("by_kv", np.array([0, 0, kv_heads, -1]))
             per_token = self.op("Transpose", [self.op("Reshape", [q, by_kv])], perm=[0, 2, 1, 3])  # B, KV, T, G*D
+            rows = self.op("Reshape", [per_token, self.constant("rows", np.array([0, 0, -1, head_dim]))])
             keys_t = self.op("Transpose", [self.op("Reshape", [k, by_kv])], perm=[0, 2, 3, 1])  # B, KV, D, T
             values = self.op("Transpose", [self.op("Reshape", [v, by_kv])], perm=[0, 2, 1, 3])  # B, KV, T, D
-        heads = _HeadLayout(kv_heads, self.constant("rows", np.array([0] * (kv_heads > 1) + [0, -1, head_dim])))
+        token_axis = 1 if kv_heads == 1 else 2
         whole_bias, bias_chunks = self._biases[kind]
         if kind == "sliding_attention" and self.banded:
-            banded = self.branch("banded", lambda: self.banded_attention(per_token, keys_t, values, whole_bias, heads))
-            full = self.branch("full", lambda: self.chunked_attention(per_token, keys_t, values, bias_chunks, heads))
+            banded = self.branch("banded", lambda: self.banded_attention(rows, keys_t, values, whole_bias, token_axis))
+            full = self.branch("full", lambda: self.chunked_attention(rows, keys_t, values, bias_chunks, token_axis))
             joined = self.op("If", [self._long], then_branch=banded, else_branch=full)
         else:
-            joined = self.chunked_attention(per_token, keys_t, values, bias_chunks, heads)
+            joined = self.chunked_attention(rows, keys_t, values, bias_chunks, token_axis)
         if kv_heads == 1:
             return self.op("Reshape", [joined, self.constant("flat", np.array([0, -1, group * head_dim]))])
         by_token = self.op("Reshape", [joined, self.constant("tokens", np.array([0, 0, -1, group * head_dim]))])
@@ -439,37 +451,35 @@ class GraphBuilder:
         probabilities = self.op("Reshape", [self.op("Softmax", [scores], axis=-1), stacked])
         return self.op("MatMul", [probabilities, values])
 
-    def chunked_attention(self, per_token: str, keys_t: str, values: str, bias_chunks: list[str], heads) -> str:
-        """Every query against every key, the rows in `query_chunks` chunks: (B, [KV,] T * G, D)."""
-        rows = self.op("Reshape", [per_token, heads.rows])
+    def chunked_attention(self, rows: str, keys_t: str, values: str, bias_chunks: list[str], axis: int) -> str:
+        """Every query against every key, the rows (B, [KV,] T * G, D) in `query_chunks` chunks along
+        the token `axis`: (B, [KV,] T * G, D)."""
         count = self.query_chunks
         if count == 1:
             return self.scaled_product(rows, keys_t, values, bias_chunks[0], self._score_shapes)
-        chunks = self.op("Split", [rows, self._chunk_rows], outputs=count, axis=heads.token_axis)
+        chunks = self.op("Split", [rows, self._chunk_rows], outputs=count, axis=axis)
         attended = [
             self.scaled_product(chunk, keys_t, values, bias, self._score_shapes)
             for chunk, bias in zip(chunks, bias_chunks, strict=True)
         ]
-        return self.op("Concat", attended, axis=heads.token_axis)
+        return self.op("Concat", attended, axis=axis)
 
-    def banded_attention(self, per_token: str, keys_t: str, values: str, bias: str, heads) -> str:
+    def banded_attention(self, rows: str, keys_t: str, values: str, bias: str, axis: int) -> str:
         """A sliding layer of a long text: BAND_CHUNKS chunks of query tokens, each scored against the
         keys of its window only (its tokens +- radius): (T / chunks + 2 radius) keys a row instead of T.
         The keys dropped are those the bias masks anyway, so the result is the same."""
-        starts, ends, key_starts, key_ends = self._band
-        axis = heads.token_axis
         axes = self.constant("band_axes", np.array([axis]))
         key_axes = self.constant("band_key_axes", np.array([axis + 1]))  # keys_t is (.., D, T)
         bias_axes = self.constant("band_bias_axes", np.array([axis, axis + 2]))
         attended = []
-        for start, end, key_start, key_end in zip(starts, ends, key_starts, key_ends, strict=True):
-            rows = self.op("Reshape", [self.op("Slice", [per_token, start, end, axes]), heads.rows])
+        for start, end, row_start, row_end, key_start, key_end in zip(*self._band, strict=True):
+            chunk_rows = self.op("Slice", [rows, row_start, row_end, axes])
             chunk_keys = self.op("Slice", [keys_t, key_start, key_end, key_axes])
             chunk_values = self.op("Slice", [values, key_start, key_end, axes])
             corner = [self.op("Concat", [a, b], axis=0) for a, b in ((start, key_start), (end, key_end))]
             chunk_bias = self.op("Slice", [bias, *corner, bias_axes])
             shapes = self.score_shapes(self.op("Sub", [key_end, key_start]))
-            attended.append(self.scaled_product(rows, chunk_keys, chunk_values, chunk_bias, shapes))
+            attended.append(self.scaled_product(chunk_rows, chunk_keys, chunk_values, chunk_bias, shapes))
         return self.op("Concat", attended, axis=axis)
 
     def branch(self, name: str, build: Callable[[], str]):
@@ -513,7 +523,9 @@ class GraphBuilder:
         weights = [self._weight(module) for module in modules]
         integer = any(self._integer(w) for w in weights)
         integer_input = self.quantize_rows(x, weights[0].values.shape[1], rank) if integer else None
-        if len(weights) > 1 and all(weights[0].joins(w) for w in weights[1:]):
+        # integer products stay apart: they share the quantized input, and ONNX Runtime's int8 GEMM then
+        # writes each output in place of one joined product's Split copy (w8a8 ~4% faster, A/B)
+        if not integer and len(weights) > 1 and all(weights[0].joins(w) for w in weights[1:]):
             sizes = [w.values.shape[0] for w in weights]
             joined = _Weight(
                 weights[0].layout,
@@ -564,19 +576,20 @@ class GraphBuilder:
         if layout is None:
             out = self.op("MatMul", [x, self.constant("weight_t", weight.values.T.contiguous())])
         elif self._integer(weight):  # uint8 (zero point 128) x int8 -> fp32, weight scales per column
+            # the per-token scales (..., 1) go in as A's scale: ONNX Runtime (>= 1.24) multiplies them in
+            # itself, one node less per product than a Mul after it (~100 of a short query's ~1,200)
             values, row_scale = integer_input
-            product = self.op(
+            out = self.op(
                 "MatMulIntegerToFloat",
                 [
                     values,
                     self.constant("qweight_t", weight.values.T.contiguous()),
-                    self._one,
+                    row_scale,
                     self.constant("scale", weight.scale.float().reshape(-1)),
                     self._zero_u8,
                 ],
                 domain=MS_DOMAIN,
             )
-            out = self.op("Mul", [product, row_scale])
         elif layout.block is None:  # per-channel int8: dequantize the transposed weight, then MatMul
             q_t = self.constant("qweight_t", weight.values.T.contiguous())
             scales = self.constant("scale", weight.scale.float().reshape(-1))
