@@ -130,11 +130,11 @@ def test_w8a8_onnx_equals_per_token_int8_arithmetic(block_dir, block_embedder, t
     got = _run_onnx(path, ids, mask)
     np.testing.assert_allclose(got, expected, atol=2e-4, rtol=0)  # integer products; float rounding only
     assert (got * weight_only).sum(1).min() >= 0.99, "int8 activations stay close to the weight-only model"
-    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    nodes = onnx.load(str(path)).graph.node
+    ops = [node.op_type for node in nodes]
     layers = block_embedder.model.config.backbone.num_hidden_layers
     assert ops.count("MatMulIntegerToFloat") == 7 * layers + 2, "q/k/v and gate/up apart: no Split copies"
     assert ops.count("QuantizeLinear") == 4 * layers + 2, "one quantized input per norm / product input"
-    nodes = onnx.load(str(path)).graph.node
     products = {node.output[0] for node in nodes if node.op_type == "MatMulIntegerToFloat"}
     row_scales = {node.input[1] for node in nodes if node.op_type == "QuantizeLinear"}
     scaled_after = [node for node in nodes if node.op_type == "Mul" and {*node.input} <= products | row_scales]

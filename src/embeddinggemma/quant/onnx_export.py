@@ -313,13 +313,13 @@ class GraphBuilder:
         length = self.op("Gather", [shape, self.constant("axis1", np.int64(1))])
         index = self.op("Range", [self.constant("zero", np.int64(0)), length, self.constant("one", np.int64(1))])
         positions = self.op("Expand", [self.op("Unsqueeze", [index, self.constant("axes0", np.array([0]))]), shape])
+        tokens = self.op("Slice", [shape, *(self.constant(n, np.array([v])) for n, v in (("one", 1), ("two", 2)))])
+        group = self.constant("group", np.array([self.group]))
         if self.config.num_key_value_heads == 1:  # for `layer`'s q: (B * T, G) positions, the rows' shape
             per_head = self.op("Unsqueeze", [positions, self.constant("axes2", np.array([2]))])
             per_head = self.op("Expand", [per_head, self.constant("heads_1d", np.array([1, 1, self.group]))])
             self._head_positions = self.op("Reshape", [per_head, self.constant("per_head", np.array([-1, self.group]))])
-            batch = self.op(
-                "Slice", [shape, self.constant("zero_1d", np.array([0])), self.constant("one", np.array([1]))]
-            )
+            batch = self.op("Slice", [shape, *(self.constant(n, np.array([v])) for n, v in (("zero", 0), ("one", 1)))])
             self._rows_shape = self.op(
                 "Concat", [batch, self.constant("rows", np.array([-1, self.config.head_dim]))], axis=0
             )
@@ -334,14 +334,13 @@ class GraphBuilder:
         zero, hidden = self.constant("zero", np.float32(0.0)), self.constant("hidden", np.float32(-np.inf))
 
         several = self.config.num_key_value_heads > 1
-        tokens = self.op("Slice", [shape, *(self.constant(n, np.array([v])) for n, v in (("one", 1), ("two", 2)))])
         self._score_shapes = self.score_shapes(tokens)
         chunks = self.query_chunks
         if chunks > 1:  # chunks of the query tokens, the remainder in the first (chunks may be empty)
             chunk = self.op("Div", [tokens, self.constant("chunks", np.array([chunks]))])
             first = self.op("Sub", [tokens, self.op("Mul", [chunk, self.constant("others", np.array([chunks - 1]))])])
             self._chunk_tokens = self.op("Concat", [first, *[chunk] * (chunks - 1)], axis=0)
-            self._chunk_rows = self.op("Mul", [self._chunk_tokens, self.constant("group", np.array([self.group]))])
+            self._chunk_rows = self.op("Mul", [self._chunk_tokens, group])
         for kind, seen in visible.items():
             axes = self.constant("bias_axes", np.array([1, 3] if several else [2]))
             bias = self.op("Unsqueeze", [self.op("Where", [seen, zero, hidden]), axes])
@@ -362,7 +361,6 @@ class GraphBuilder:
         ends = self.op("Min", [self.op("Add", [starts, size]), tokens])
         key_starts = self.op("Max", [self.op("Sub", [starts, radius_1d]), self.constant("zero_1d", np.array([0]))])
         key_ends = self.op("Min", [self.op("Add", [ends, radius_1d]), tokens])
-        group = self.constant("group", np.array([self.group]))
         row_starts, row_ends = (self.op("Mul", [bounds, group]) for bounds in (starts, ends))
         ones = self.constant("band_ones", np.ones(count, np.int64))
         self._band = [
