@@ -13,10 +13,15 @@ Engines (each runs only where its package is installed; `pip install -e '.[bench
 
 Workloads: one short query (the reference figure's "how do I parse command line arguments?", 15
 tokens with its prompt) for latency percentiles; 48 real passages (the first 48 of the benchmark
-corpus, or of CPython stdlib blocks if no corpus is given) for throughput. Peak RSS is measured in a
+corpus, or of CPython stdlib blocks if no corpus is given) for throughput, as one `encode_document` call
+on the list (batched) and, with --one-per-call N, also one passage per call. Peak RSS is measured in a
 fresh child process per engine that only loads the model and embeds (RSS cannot be split inside one
 process); our quantized engines run the torch-free `OnnxEmbedder` there (and everywhere here). Quality:
 per-text cosine of each engine against sentence-transformers fp32 (worst, mean).
+
+Every pass runs each engine once, back to back, so two engines of one pass share the machine's state.
+On a noisy host (a shared VM: single runs vary by 10-30%) compare engines with the head-to-head lines:
+the median, over passes, of one engine's time over another's in the same pass.
 Exported files (built on first use) live in --exports.
 """
 
@@ -248,6 +253,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=None, help="JSONL from ../shared/bench/make_corpus.py")
     parser.add_argument("--query-runs", type=int, default=40)
     parser.add_argument("--passage-runs", type=int, default=2)
+    parser.add_argument("--one-per-call", type=int, default=0, help="passes embedding the passages one per call")
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--skip", action="append", default=[], help="leave out engines whose name contains this")
     parser.add_argument("--exports", type=Path, default=Path.home() / ".cache" / "embeddinggemma" / "bench-exports")
@@ -289,6 +295,11 @@ def main() -> None:
         for name, (_, docs_fn) in runners.items():
             settle()
             throughput[name].append(len(docs) / timed(docs_fn, docs)[0])
+    one_per_call: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.one_per_call):
+        for name, (_, docs_fn) in runners.items():
+            settle()
+            one_per_call[name].append(len(docs) / timed(lambda fn=docs_fn: [fn([doc]) for doc in docs])[0])
 
     rss = {}
     if not args.skip_rss:
@@ -318,14 +329,43 @@ def main() -> None:
             "query_p50_ms": statistics.median(lat),
             "query_p90_ms": lat[int(0.9 * (len(lat) - 1))],
             "passages_per_s": max(throughput[name]),
+            "passages_per_s_median": statistics.median(throughput[name]),
             "passage_tokens_per_s": max(throughput[name]) * doc_tokens / len(docs),
+            **({"one_per_call_per_s": max(one_per_call[name])} if one_per_call[name] else {}),
+            "runs": {
+                "query_ms": latencies[name],
+                "passages_per_s": throughput[name],
+                "one_per_call_per_s": one_per_call[name],
+            },
             "min_cosine_vs_reference": float(cosines.min()),
             "mean_cosine_vs_reference": float(cosines.mean()),
             **({"peak_rss_mb": rss[name]["VmHWM"]} if rss else {}),
         }
+    results["head_to_head"] = head_to_head(results["engines"])
     print_table(results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def paired_speedup(ours: list[float], theirs: list[float], higher_is_faster: bool) -> float | None:
+    """Median over passes of how many times faster `ours` was than `theirs` in the same pass."""
+    pairs = [(a / b if higher_is_faster else b / a) for a, b in zip(ours, theirs, strict=True) if a > 0 and b > 0]
+    return statistics.median(pairs) if pairs else None
+
+
+def head_to_head(engines: dict) -> dict:
+    """Each of our quantized engines against every engine that is not ours, pass by pass."""
+    out = {}
+    for ours in (name for name in engines if name.startswith("ours") and name.endswith("(onnxruntime)")):
+        for other in (name for name in engines if not name.startswith("ours")):
+            a, b = engines[ours]["runs"], engines[other]["runs"]
+            out[f"{ours} vs {other}"] = {
+                "query": paired_speedup(a["query_ms"], b["query_ms"], higher_is_faster=False),
+                "passages": paired_speedup(a["passages_per_s"], b["passages_per_s"], higher_is_faster=True),
+                "one_per_call": paired_speedup(a["one_per_call_per_s"], b["one_per_call_per_s"], higher_is_faster=True),
+                "passes": len(a["passages_per_s"]),
+            }
+    return out
 
 
 def print_table(results: dict) -> None:
@@ -346,6 +386,15 @@ def print_table(results: dict) -> None:
             f"{row.get('peak_rss_mb', float('nan')):>8.0f}{row['min_cosine_vs_reference']:>9.4f}"
             f"{row['mean_cosine_vs_reference']:>8.4f}"
         )
+    if any("one_per_call_per_s" in row for row in results["engines"].values()):
+        print("one passage per call (passages/s, x reference):")
+        for name, row in results["engines"].items():
+            speed = row["one_per_call_per_s"]
+            print(f"  {name:<32}{speed:>8.2f}{speed / ref['one_per_call_per_s']:>6.2f}")
+    print("head to head (median over passes of the speed ratio in the same pass; > 1: ours faster):")
+    for pair, ratios in results.get("head_to_head", {}).items():
+        shown = ", ".join(f"{kind} x{value:.2f}" for kind, value in ratios.items() if kind != "passes" and value)
+        print(f"  {pair}: {shown} ({ratios['passes']} passage passes)")
     print("files (MB):", ", ".join(f"{k} {v:.0f}" for k, v in sorted(results["file_mb"].items())))
     for name, reason in results.get("skipped", {}).items():
         print(f"skipped {name}: {reason}")

@@ -1,34 +1,43 @@
-"""Where a short query's time goes on this CPU, and the floor the hardware sets (issue: 15 ms p50 target).
+"""Where the CPU time of a query and of a passage batch goes, and what the machine's matmul kernels allow.
 
     HF_HUB_OFFLINE=1 python benchmarks/cpu_profile.py --threads 2
 
-Prints (1) the machine's measured matmul ceilings: fp32 GEMM, and the fp32 and fbgemm int8 linear layers at
-the query's real shape (M = query tokens, the model's own weight shapes); (2) the arithmetic floor of one
-query = its matmul FLOPs / the measured rate; (3) a torch.profiler breakdown of one query through our fp32
-and int8 engines (top operators by self CPU time). If the floor is above the target, no engine reaches
-the target on this machine; the breakdown shows how close ours is to the floor and what else costs.
+Prints (1) the rate of each matmul kernel an engine could run, on one layer's seven linear layers at the
+model's real shapes, for a short query (M = its tokens) and for a padded batch of passages (M = 4 x 251
+tokens): fp32 and bf16 through PyTorch (oneDNN; AMX where the CPU has it), ONNX Runtime's
+`MatMulIntegerToFloat` (what `quantize="w8a8"` runs, with its per-token A scale) and oneDNN's int8
+`qlinear_pointwise` through PyTorch (AMX where present; an input already in int8, output in fp32);
+(2) the matmul floor of each workload at the best rate; (3) ONNX Runtime's profile of the `w8a8`
+runtime on both workloads, summed by operator type. If a kernel here is much faster than the one
+`w8a8` runs, an engine built on it could be too; the profile says what share of the time it would touch.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 MODEL = "google/embeddinggemma-300m"
 QUERY = "how do I parse command line arguments?"
+BATCH = (4, 251)  # a padded batch of the benchmark's passages (cpu.py), ~1,000 tokens
 
 
-def rate(fn, flops: float, seconds: float = 1.5) -> float:
-    """GFLOP/s of `fn` (warmed up, repeated for ~`seconds`)."""
+def rate(fn, ops: float, seconds: float = 1.5) -> float:
+    """G(FL)OP/s of `fn` (warmed up, repeated for ~`seconds`)."""
     for _ in range(3):
         fn()
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         fn()
         runs += 1
-    return flops * runs / (time.perf_counter() - start) / 1e9
+    return ops * runs / (time.perf_counter() - start) / 1e9
 
 
 def linear_shapes(config) -> list[tuple[int, int]]:
@@ -39,81 +48,127 @@ def linear_shapes(config) -> list[tuple[int, int]]:
     return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
 
 
+def onnxruntime_int8(rows: int, shapes: list[tuple[int, int]], threads: int):
+    """One layer's products as w8a8 writes them, in one session: `MatMulIntegerToFloat` of a uint8
+    input (zero point 128) with a per-row scale and an int8 weight with a per-column scale."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    fan_ins = sorted({fan_in for fan_in, _ in shapes})
+    inputs = [helper.make_tensor_value_info(f"x{k}", TensorProto.UINT8, [rows, k]) for k in fan_ins]
+    inputs.append(helper.make_tensor_value_info("x_scale", TensorProto.FLOAT, [rows, 1]))
+    weights, nodes, outputs = [numpy_helper.from_array(np.uint8(128), "zero_point")], [], []
+    for index, (fan_in, fan_out) in enumerate(shapes):
+        weights.append(numpy_helper.from_array(rng.integers(-127, 128, (fan_in, fan_out), dtype=np.int8), f"w{index}"))
+        weights.append(numpy_helper.from_array((rng.random(fan_out, dtype=np.float32) + 0.5) / 127, f"s{index}"))
+        names = [f"x{fan_in}", f"w{index}", "x_scale", f"s{index}", "zero_point"]
+        nodes.append(helper.make_node("MatMulIntegerToFloat", names, [f"y{index}"], domain="com.microsoft"))
+        outputs.append(helper.make_tensor_value_info(f"y{index}", TensorProto.FLOAT, [rows, fan_out]))
+    graph = helper.make_graph(nodes, "layer", inputs, outputs, initializer=weights)
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=opsets).SerializeToString(), options)
+    feeds = {f"x{k}": rng.integers(0, 256, (rows, k), dtype=np.uint8) for k in fan_ins}
+    feeds["x_scale"] = np.full((rows, 1), 0.01, np.float32)
+    return lambda: session.run(None, feeds)
+
+
+def onednn_int8(rows: int, fan_in: int, fan_out: int):
+    """oneDNN's int8 linear through PyTorch: int8 input, per-channel int8 weight, fp32 output."""
+    weight = torch.ops.onednn.qlinear_prepack(torch.randint(-127, 128, (fan_out, fan_in), dtype=torch.int8), None)
+    scales, zero_points = torch.rand(fan_out) / 100 + 1e-3, torch.zeros(fan_out, dtype=torch.int64)
+    x = torch.randint(-127, 128, (rows, fan_in), dtype=torch.int8)
+    product = torch.ops.onednn.qlinear_pointwise
+    return lambda: product(x, 1.0, 0, weight, scales, zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+
+
+def kernel_rates(shapes: list[tuple[int, int]], rows: int, threads: int) -> dict[str, float]:
+    """G(FL)OP/s of one layer's seven products at `rows` tokens, per kernel."""
+    ops = 2 * rows * sum(i * o for i, o in shapes)
+    inputs = {fan_in: torch.randn(rows, fan_in) for fan_in, _ in shapes}
+    fp32 = [torch.nn.Linear(i, o, bias=False) for i, o in shapes]
+    bf16 = [torch.nn.Linear(i, o, bias=False).bfloat16() for i, o in shapes]
+    bf16_inputs = {k: v.bfloat16() for k, v in inputs.items()}
+
+    def layers(modules, xs):
+        with torch.inference_mode():
+            for module, (fan_in, _) in zip(modules, shapes, strict=True):
+                module(xs[fan_in])
+
+    out = {
+        "fp32 linear (PyTorch)": rate(lambda: layers(fp32, inputs), ops),
+        "bf16 linear (PyTorch, oneDNN)": rate(lambda: layers(bf16, bf16_inputs), ops),
+    }
+    # one session (as the runtime): a session per product would leave each one's threads spinning
+    out["int8 MatMulIntegerToFloat (ONNX Runtime, w8a8)"] = rate(onnxruntime_int8(rows, shapes, threads), ops)
+    try:
+        onednn_products = [onednn_int8(rows, i, o) for i, o in shapes]
+        out["int8 qlinear_pointwise (PyTorch, oneDNN)"] = rate(lambda: [p() for p in onednn_products], ops)
+    except (RuntimeError, AttributeError) as error:  # a PyTorch build without oneDNN's quantized ops
+        print(f"oneDNN int8 not available: {str(error).splitlines()[0]}")
+    return out
+
+
+def runtime_profile(session_path: Path, feeds: dict, threads: int, runs: int = 5) -> tuple[float, list]:
+    """ONNX Runtime's own profile of a graph: (ms per run, [(operator type, kernel ms per run)], slowest first)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "profile")
+    session = ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+    start = time.perf_counter()
+    for _ in range(runs):
+        session.run(None, feeds)
+    ms = (time.perf_counter() - start) / runs * 1000
+    by_type: collections.Counter = collections.Counter()
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        # an If's time holds its branch's nodes, which are reported on their own
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["args"]["op_name"] != "If":
+            by_type[event["args"]["op_name"]] += event["dur"]
+    return ms, [(op, us / (runs + 1) / 1000) for op, us in by_type.most_common(10)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--target-ms", type=float, default=15.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from embeddinggemma.quant.ondevice import OnnxEmbedder, OnnxSession, pad_rows
 
-    from embeddinggemma import Embedder
-
-    fp32 = Embedder.from_pretrained(MODEL, device="cpu")
-    int8 = Embedder.from_pretrained(MODEL, quantize="int8")
-    config = fp32.model.encoder.config
-    tokens = len(fp32.tokenizer.encode([fp32.prompts["query"] + QUERY])[0])
+    w8a8 = OnnxEmbedder.from_pretrained(MODEL, quantize="w8a8", num_threads=args.threads)
+    runtime: OnnxSession = w8a8.session
+    config = w8a8.config.backbone  # the encoder's shapes
+    query_ids = w8a8.tokenizer.encode([w8a8.prompts["query"] + QUERY])
     shapes = linear_shapes(config)
-    layer_flops = 2 * tokens * sum(i * o for i, o in shapes)
-    query_flops = layer_flops * config.num_hidden_layers  # + head projection (~4% more) + attention (tiny at 15)
-
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    gemm = rate(lambda: a @ b, 2 * 2048**3)
-    x = torch.randn(tokens, config.hidden_size)
-    x_mid = torch.randn(tokens, config.intermediate_size)
-    fp32_layers = [torch.nn.Linear(i, o, bias=False) for i, o in shapes]
-    int8_layers = []
-    for layer in fp32_layers:
-        q = DynamicInt8Linear(layer.in_features, layer.out_features, bias_=False, dtype=torch.qint8)
-        q.set_weight_bias(
-            torch.quantize_per_channel(
-                layer.weight,
-                layer.weight.abs().amax(1) / 127,
-                torch.zeros(layer.out_features, dtype=torch.long),
-                0,
-                torch.qint8,
-            ),
-            None,
-        )
-        int8_layers.append(q)
-
-    def run(layers):
-        with torch.inference_mode():
-            for layer, (i, _) in zip(layers, shapes, strict=True):
-                layer(x if i == config.hidden_size else x_mid)
-
-    fp32_linear = rate(lambda: run(fp32_layers), layer_flops)
-    int8_linear = rate(lambda: run(int8_layers), layer_flops)
-    print(f"CPU threads {args.threads}; query '{QUERY}' = {tokens} tokens with its prompt")
-    print(f"matmul FLOPs per query: {query_flops / 1e9:.2f} GFLOP ({config.num_hidden_layers} layers)")
-    print(f"{'kernel':<44}{'GFLOP/s':>9}{'floor ms':>10}")
-    for name, r in [
-        ("fp32 GEMM 2048^3 (the machine's best case)", gemm),
-        (f"fp32 linear layers at M={tokens}", fp32_linear),
-        (f"int8 fbgemm dynamic linear at M={tokens}", int8_linear),
-    ]:
-        print(f"{name:<44}{r:>9.1f}{query_flops / r / 1e6:>10.1f}")
-    best = max(gemm, fp32_linear, int8_linear)
-    floor = query_flops / best / 1e6
-    verdict = "below" if floor <= args.target_ms else "ABOVE"
-    print(f"floor at the best measured rate: {floor:.1f} ms, {verdict} the {args.target_ms:.0f} ms target\n")
-
-    from torch.profiler import ProfilerActivity, profile
-
-    for name, model in (("fp32", fp32), ("int8", int8)):
-        for _ in range(3):
-            model.encode_query(QUERY)
-        start = time.perf_counter()
-        runs = 10
-        for _ in range(runs):
-            model.encode_query(QUERY)
-        ms = (time.perf_counter() - start) / runs * 1000
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(runs):
-                model.encode_query(QUERY)
-        print(f"## {name}: {ms:.1f} ms per query ({query_flops / ms / 1e6:.1f} GFLOP/s effective)")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    workloads = {
+        f"query ({len(query_ids[0])} tokens)": (len(query_ids[0]), pad_rows(query_ids, w8a8.tokenizer.pad_id)),
+        f"passage batch ({BATCH[0]} x {BATCH[1]})": (
+            BATCH[0] * BATCH[1],
+            (np.full(BATCH, 2, np.int64), np.ones(BATCH, np.int64)),
+        ),
+    }
+    print(f"CPU threads {args.threads}; products of one layer ({config.num_hidden_layers} layers)")
+    for name, (rows, _) in workloads.items():
+        rates = kernel_rates(shapes, rows, args.threads)
+        model_ops = 2 * rows * sum(i * o for i, o in shapes) * config.num_hidden_layers
+        print(f"\n## {name}: {model_ops / 1e9:.1f} G(FL)OP of linear layers")
+        print(f"{'kernel':<50}{'GOP/s':>8}{'floor ms':>10}")
+        for kernel, value in rates.items():
+            print(f"{kernel:<50}{value:>8.0f}{model_ops / value / 1e6:>10.1f}")
+    for name, (_, (ids, mask)) in workloads.items():
+        first = ids if runtime.token_table is None else runtime.token_table.lookup(ids)
+        feeds = dict(zip(runtime.input_names, (first, mask), strict=True))
+        ms, by_type = runtime_profile(runtime.path, feeds, args.threads)
+        total = sum(value for _, value in by_type)
+        print(f"\n## w8a8 runtime, {name}: {ms:.1f} ms a run; kernel time by operator type (ONNX Runtime's profiler):")
+        for op, value in by_type[:10]:
+            print(f"  {op:<28}{value:>8.1f} ms {100 * value / total:>5.1f}%")
 
 
 if __name__ == "__main__":
