@@ -21,7 +21,7 @@ per-text cosine of each engine against sentence-transformers fp32 (worst, mean).
 
 Every pass runs each engine once, back to back, so two engines of one pass share the machine's state.
 On a noisy host (a shared VM: single runs vary by 10-30%) compare engines with the head-to-head lines:
-the median, over passes, of one engine's time over another's in the same pass.
+the median, over passes, of how many times faster one engine was than another in the same pass.
 Exported files (built on first use) live in --exports.
 """
 
