@@ -115,18 +115,20 @@ def runtime_profile(session_path: Path, feeds: dict, threads: int, runs: int = 5
     """ONNX Runtime's own profile of a graph: (ms per run, [(operator type, kernel ms per run)], slowest first)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.enable_profiling = True
-    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "profile")
-    session = ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
-    session.run(None, feeds)
-    start = time.perf_counter()
-    for _ in range(runs):
+    with tempfile.TemporaryDirectory() as directory:  # the profile file is read once, then removed
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(directory) / "profile")
+        session = ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
         session.run(None, feeds)
-    ms = (time.perf_counter() - start) / runs * 1000
+        start = time.perf_counter()
+        for _ in range(runs):
+            session.run(None, feeds)
+        ms = (time.perf_counter() - start) / runs * 1000
+        events = json.loads(Path(session.end_profiling()).read_text())
     by_type: collections.Counter = collections.Counter()
-    for event in json.loads(Path(session.end_profiling()).read_text()):
+    for event in events:
         # an If's time holds its branch's nodes, which are reported on their own
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["args"]["op_name"] != "If":
             by_type[event["args"]["op_name"]] += event["dur"]
