@@ -14,10 +14,10 @@ Engines (each runs only where its package is installed; `pip install -e '.[bench
 Workloads: one short query (the reference figure's "how do I parse command line arguments?", 15
 tokens with its prompt) for latency percentiles; 48 real passages (the first 48 of the benchmark
 corpus, or of CPython stdlib blocks if no corpus is given) for throughput, as one `encode_document` call
-on the list (batched) and, with --one-per-call N, also one passage per call. Peak RSS is measured in a
-fresh child process per engine that only loads the model and embeds (RSS cannot be split inside one
-process); our quantized engines run the torch-free `OnnxEmbedder` there (and everywhere here). Quality:
-per-text cosine of each engine against sentence-transformers fp32 (worst, mean).
+on the list (batched) and, with --one-per-call N, also one passage per call (and split by length).
+Peak RSS is measured in a fresh child process per engine that only loads the model and embeds (RSS
+cannot be split inside one process); our quantized engines run the torch-free `OnnxEmbedder` there (and
+everywhere here). Quality: per-text cosine of each engine against sentence-transformers fp32 (worst, mean).
 
 Every pass runs each engine once, back to back, so two engines of one pass share the machine's state.
 On a noisy host (a shared VM: single runs vary by 10-30%) compare engines with the head-to-head lines:
@@ -279,7 +279,8 @@ def main() -> None:
             skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             print(f"skipped {name}: {skipped[name]}", file=sys.stderr, flush=True)
     tokenizer = Tokenizer.from_file(str(resolve_checkpoint(MODEL) / "tokenizer.json"))
-    doc_tokens = sum(len(e.ids) for e in tokenizer.encode_batch([DOCUMENT_PROMPT + d for d in docs]))
+    doc_lengths = [len(e.ids) for e in tokenizer.encode_batch([DOCUMENT_PROMPT + d for d in docs])]
+    doc_tokens = sum(doc_lengths)
     query_tokens = len(tokenizer.encode(QUERY_PROMPT + QUERY).ids)
 
     latencies: dict[str, list[float]] = {name: [] for name in runners}
@@ -296,10 +297,13 @@ def main() -> None:
             settle()
             throughput[name].append(len(docs) / timed(docs_fn, docs)[0])
     one_per_call: dict[str, list[float]] = {name: [] for name in runners}
+    passage_seconds: dict[str, list[list[float]]] = {name: [] for name in runners}  # [pass][passage]
     for _ in range(args.one_per_call):
         for name, (_, docs_fn) in runners.items():
             settle()
-            one_per_call[name].append(len(docs) / timed(lambda fn=docs_fn: [fn([doc]) for doc in docs])[0])
+            seconds = [timed(docs_fn, [doc])[0] for doc in docs]
+            passage_seconds[name].append(seconds)
+            one_per_call[name].append(len(docs) / sum(seconds))
 
     rss = {}
     if not args.skip_rss:
@@ -341,6 +345,8 @@ def main() -> None:
             "mean_cosine_vs_reference": float(cosines.mean()),
             **({"peak_rss_mb": rss[name]["VmHWM"]} if rss else {}),
         }
+    if args.one_per_call:
+        results["one_per_call_by_length"] = by_length(passage_seconds, doc_lengths)
     results["head_to_head"] = head_to_head(results["engines"])
     print_table(results)
     if args.out:
@@ -351,6 +357,36 @@ def paired_speedup(ours: list[float], theirs: list[float], higher_is_faster: boo
     """Median over passes of how many times faster `ours` was than `theirs` in the same pass."""
     pairs = [(a / b if higher_is_faster else b / a) for a, b in zip(ours, theirs, strict=True) if a > 0 and b > 0]
     return statistics.median(pairs) if pairs else None
+
+
+# Up to 512 tokens every layer sees the whole text; past it the sliding-window layers attend to a band.
+LENGTH_BUCKETS = ((1, 256), (257, 512), (513, 2048))
+
+
+def by_length(passage_seconds: dict[str, list[list[float]]], lengths: list[int]) -> dict:
+    """One passage per call, split by passage length: each engine's passages/s in each bucket (median over
+    passes) and its speed against the reference (median over passes of the ratio in the same pass)."""
+    out = {}
+    for low, high in LENGTH_BUCKETS:
+        members = [i for i, n in enumerate(lengths) if low <= n <= high]
+        if not members:
+            continue
+        bucket_seconds = {
+            name: [sum(seconds[i] for i in members) for seconds in passes] for name, passes in passage_seconds.items()
+        }
+        reference = bucket_seconds[REFERENCE]
+        out[f"{low}-{high}"] = {
+            "passages": len(members),
+            "tokens": sum(lengths[i] for i in members),
+            "engines": {
+                name: {
+                    "per_s": len(members) / statistics.median(seconds),
+                    "x_reference": paired_speedup(seconds, reference, higher_is_faster=False),
+                }
+                for name, seconds in bucket_seconds.items()
+            },
+        }
+    return out
 
 
 def head_to_head(engines: dict) -> dict:
@@ -391,6 +427,13 @@ def print_table(results: dict) -> None:
         for name, row in results["engines"].items():
             speed = row["one_per_call_per_s"]
             print(f"  {name:<32}{speed:>8.2f}{speed / ref['one_per_call_per_s']:>6.2f}")
+        buckets = results.get("one_per_call_by_length", {})
+        print("  by passage length (passages/s, x reference paired by pass):")
+        titles = (f"{span} tok ({bucket['passages']})" for span, bucket in buckets.items())
+        print("  " + " " * 32 + "".join(f"{title:>22}" for title in titles))
+        for name in results["engines"]:
+            cells = (v["engines"][name] for v in buckets.values())
+            print(f"  {name:<32}" + "".join(f"{c['per_s']:>14.2f}  x{c['x_reference']:<5.2f}" for c in cells))
     print("head to head (median over passes of the speed ratio in the same pass; > 1: ours faster):")
     for pair, ratios in results.get("head_to_head", {}).items():
         shown = ", ".join(f"{kind} x{value:.2f}" for kind, value in ratios.items() if kind != "passes" and value)

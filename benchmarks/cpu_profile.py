@@ -10,6 +10,13 @@ tokens): fp32 and bf16 through PyTorch (oneDNN; AMX where the CPU has it), ONNX 
 (2) the matmul floor of each workload at the best rate; (3) ONNX Runtime's profile of the `w8a8`
 runtime on both workloads, summed by operator type. If a kernel here is much faster than the one
 `w8a8` runs, an engine built on it could be too; the profile says what share of the time it would touch.
+
+With --compiled (needs a C++ compiler; ~1 minute of compiling per shape) it also times such an engine:
+(4) the encoder's layers in PyTorch with int8 weights and per-token int8 activations, compiled by
+Inductor with freezing (each product becomes oneDNN's `qlinear_pointwise`, the norms and the per-token
+rounding are fused into the kernels around them), against the `w8a8` runtime's graph on the same shapes,
+interleaved. Random weights of the real shapes; the shapes are under the 512-token sliding window, so
+every layer attends to the whole text in both engines.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +35,7 @@ import torch
 MODEL = "google/embeddinggemma-300m"
 QUERY = "how do I parse command line arguments?"
 BATCH = (4, 251)  # a padded batch of the benchmark's passages (cpu.py), ~1,000 tokens
+ONE_PASSAGE = (1, 240)  # the benchmark's mean passage (11,542 tokens / 48), one per call
 
 
 def rate(fn, ops: float, seconds: float = 1.5) -> float:
@@ -135,9 +144,127 @@ def runtime_profile(session_path: Path, feeds: dict, threads: int, runs: int = 5
     return ms, [(op, us / (runs + 1) / 1000) for op, us in by_type.most_common(10)]
 
 
+def compiled_w8a8_encoder(config, batch: tuple[int, int]):
+    """The encoder's layers as a w8a8 engine in PyTorch, compiled by Inductor for one input shape; returns
+    `run(hidden) -> hidden`. Inductor's freezing pass matches `_int_mm(int8 x, constant int8 w)` times the
+    two scales and runs it as oneDNN's `qlinear_pointwise` on a prepacked weight."""
+    import torch._inductor.config as inductor_config
+    import torch.nn.functional as F
+    from torch import nn
+
+    inductor_config.freezing = True
+    c = config
+    heads, kv_heads, head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    hidden, intermediate, eps = c.hidden_size, c.intermediate_size, c.rms_norm_eps
+
+    class Int8Linear(nn.Module):
+        def __init__(self, fan_in: int, fan_out: int) -> None:
+            super().__init__()
+            self.register_buffer("weight", torch.randint(-127, 128, (fan_in, fan_out), dtype=torch.int8))
+            self.register_buffer("scale", (torch.rand(fan_out) + 0.5) / 127 / fan_in**0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            rows = x.reshape(-1, x.shape[-1])
+            row_scale = rows.abs().amax(-1, keepdim=True).clamp_min(1e-30) / 127
+            product = torch._int_mm(torch.round(rows / row_scale).to(torch.int8), self.weight)
+            return (product.to(torch.float32) * row_scale * self.scale).reshape(*x.shape[:-1], -1)
+
+    def rms(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        first, second = x.chunk(2, dim=-1)
+        return torch.cat([first * cos - second * sin, second * cos + first * sin], -1)
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # q, k, v as one product and gate, up as one: fewer, larger GEMMs, one rounding each
+            self.qkv = Int8Linear(hidden, (heads + 2 * kv_heads) * head_dim)
+            self.o, self.down = Int8Linear(heads * head_dim, hidden), Int8Linear(intermediate, hidden)
+            self.gate_up = Int8Linear(hidden, 2 * intermediate)
+            self.norms = nn.ParameterList(nn.Parameter(torch.rand(hidden)) for _ in range(4))
+            self.q_norm, self.k_norm = nn.Parameter(torch.rand(head_dim)), nn.Parameter(torch.rand(head_dim))
+
+        def forward(self, x, cos, sin):
+            b, t, _ = x.shape
+            sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+            q, k, v = self.qkv(rms(x, self.norms[0])).split(sizes, -1)
+            q = rotate(rms(q.view(b, t, heads, head_dim), self.q_norm).transpose(1, 2), cos, sin)
+            k = rotate(rms(k.view(b, t, kv_heads, head_dim), self.k_norm).transpose(1, 2), cos, sin)
+            v = v.view(b, t, kv_heads, head_dim).transpose(1, 2)
+            attended = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, scale=c.query_pre_attn_scalar**-0.5)
+            x = x + rms(self.o(attended.transpose(1, 2).reshape(b, t, -1)), self.norms[1])
+            gate, up = self.gate_up(rms(x, self.norms[2])).chunk(2, dim=-1)
+            return x + rms(self.down(F.gelu(gate, approximate="tanh") * up), self.norms[3])
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(Layer() for _ in range(c.num_hidden_layers))
+
+        def forward(self, x, cos, sin):
+            for layer in self.layers:
+                x = layer(x, cos, sin)
+            return x
+
+    angles = torch.rand(batch[1], head_dim // 2)
+    cos, sin = angles.cos(), angles.sin()
+    compiled = torch.compile(Encoder().eval(), dynamic=False)
+    return lambda x: compiled(x, cos, sin)
+
+
+def compare_compiled(runtime, config, shapes: list[tuple[int, int]], rounds: int = 10) -> None:
+    """Time the compiled PyTorch w8a8 encoder against the w8a8 runtime's graph, shape by shape."""
+    print("\n## candidate engine: compiled PyTorch w8a8 (oneDNN int8, fused) vs the w8a8 runtime (ONNX Runtime)")
+    print(f"{'shape':<12}{'compile s':>10}{'PyTorch ms':>12}{'ONNX Runtime ms':>17}{'runtime / PyTorch':>19}")
+    for batch in shapes:
+        compare_compiled_shape(runtime, config, batch, rounds)
+
+
+def compare_compiled_shape(runtime, config, batch: tuple[int, int], rounds: int) -> None:
+    start = time.perf_counter()
+    encoder = compiled_w8a8_encoder(config, batch)
+    hidden = torch.randn(*batch, config.hidden_size)
+
+    def ours() -> None:
+        with torch.no_grad():
+            encoder(hidden)
+
+    ours()
+    compile_s = time.perf_counter() - start
+    ids, mask = np.full(batch, 2, np.int64), np.ones(batch, np.int64)
+    first = ids if runtime.token_table is None else runtime.token_table.lookup(ids)
+    feeds = dict(zip(runtime.input_names, (first, mask), strict=True))
+    engines = {"torch": ours, "onnxruntime": lambda: runtime.session.run(None, feeds)}
+    seconds: dict[str, list[float]] = {name: [] for name in engines}
+    for round_ in range(rounds + 2):
+        for name in engines if round_ % 2 == 0 else list(engines)[::-1]:
+            time.sleep(0.1)  # let the other engine's threads go idle
+            start = time.perf_counter()
+            engines[name]()
+            if round_ >= 2:  # two warm-up rounds
+                seconds[name].append(time.perf_counter() - start)
+    ratios = [b / a for a, b in zip(seconds["torch"], seconds["onnxruntime"], strict=True)]
+    torch_ms, ort_ms = (1000 * statistics.median(seconds[name]) for name in engines)
+    shape = f"{batch[0]} x {batch[1]}"
+    print(f"{shape:<12}{compile_s:>10.0f}{torch_ms:>12.1f}{ort_ms:>17.1f}{statistics.median(ratios):>18.2f}x")
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        encoder(hidden)
+    kernels = {event.key: event.self_cpu_time_total / 1000 for event in profile.key_averages()}
+    products = kernels.get("onednn::qlinear_pointwise", 0.0)
+    attention = sum(ms for key, ms in kernels.items() if "scaled_dot_product" in key)
+    rest = sum(kernels.values()) - products - attention
+    print(
+        f"{'':<12}PyTorch's profile: int8 products {products:.1f} ms, attention {attention:.1f} ms, "
+        f"the rest (compiled elementwise kernels) {rest:.1f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compiled", action="store_true", help="also time a compiled PyTorch w8a8 encoder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -171,6 +298,8 @@ def main() -> None:
         print(f"\n## w8a8 runtime, {name}: {ms:.1f} ms a run; kernel time by operator type (ONNX Runtime's profiler):")
         for op, value in by_type[:10]:
             print(f"  {op:<28}{value:>8.1f} ms {100 * value / total:>5.1f}%")
+    if args.compiled:
+        compare_compiled(runtime, config, [ONE_PASSAGE, BATCH])
 
 
 if __name__ == "__main__":

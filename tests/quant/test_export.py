@@ -100,8 +100,9 @@ def test_onnx_attention_layouts_equal_the_model(kv_heads, low_memory, banded):
 
 
 def _per_token_int8_inputs(model: torch.nn.Module) -> list:
-    """The w8a8 runtime's arithmetic in PyTorch: every quantized product's input rounded to int8 with
-    one scale per token (max |x| / 127, halves to even as QuantizeLinear rounds)."""
+    """The w8a8 runtime's arithmetic in PyTorch: every quantized product's input in the encoder rounded
+    to int8 with one scale per token (max |x| / 127, halves to even as QuantizeLinear rounds); the
+    pooled embedding's projections keep fp32 inputs."""
 
     def round_input(module, inputs):
         x = inputs[0]
@@ -110,7 +111,7 @@ def _per_token_int8_inputs(model: torch.nn.Module) -> list:
 
     return [
         module.register_forward_pre_hook(round_input)
-        for module in model.modules()
+        for module in model.encoder.modules()
         if isinstance(module, qat.QuantizedLinear)
     ]
 
@@ -133,13 +134,13 @@ def test_w8a8_onnx_equals_per_token_int8_arithmetic(block_dir, block_embedder, t
     nodes = onnx.load(str(path)).graph.node
     ops = [node.op_type for node in nodes]
     layers = block_embedder.model.config.backbone.num_hidden_layers
-    assert ops.count("MatMulIntegerToFloat") == 7 * layers + 2, "q/k/v and gate/up apart: no Split copies"
-    assert ops.count("QuantizeLinear") == 4 * layers + 2, "one quantized input per norm / product input"
+    assert ops.count("MatMulIntegerToFloat") == 7 * layers, "q/k/v and gate/up apart: no Split copies"
+    assert ops.count("QuantizeLinear") == 4 * layers, "one quantized input per norm / product input"
     products = {node.output[0] for node in nodes if node.op_type == "MatMulIntegerToFloat"}
     row_scales = {node.input[1] for node in nodes if node.op_type == "QuantizeLinear"}
     scaled_after = [node for node in nodes if node.op_type == "Mul" and {*node.input} <= products | row_scales]
     assert not scaled_after, "the per-token scale goes in as the product's A scale, not as a Mul after it"
-    assert "MatMulNBits" not in ops and "DequantizeLinear" not in ops
+    assert "MatMulNBits" not in ops and "DequantizeLinear" not in ops, "the head: fp32 inputs, float weights"
     # the runtime's conversion: the same arithmetic with the table outside and the band (TEXTS[1] is long
     # for the tiny model's window), without the final normalisation
     from embeddinggemma.quant.convert import convert_checkpoint
@@ -150,6 +151,41 @@ def test_w8a8_onnx_equals_per_token_int8_arithmetic(block_dir, block_embedder, t
     assert any(node.op_type == "If" for node in onnx.load(str(session.path), load_external_data=False).graph.node)
     raw = session.run(ids.numpy(), mask.numpy())
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), expected, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dense_bias", [(False, False), (True, True), (False, True)])
+def test_w8a8_head_is_one_float_product_of_both_projections(dense_bias):
+    """w8a8 multiplies the pooled embedding (fp32) by the two projections' product, biases carried
+    through: the weight-only head's numbers, one small matrix instead of two."""
+    import dataclasses
+
+    import onnx
+    from quant_helpers import block_config, block_model
+
+    from embeddinggemma.quant.onnx_export import build_onnx
+
+    config = block_config()
+    config = dataclasses.replace(config, head=dataclasses.replace(config.head, dense_bias=dense_bias))
+    model = qat.quantize_weights_(block_model(config=config), "w8a8")
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, config.backbone.vocab_size, (2, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        hooks = _per_token_int8_inputs(model)
+        expected = padded_forward(model, ids, mask).numpy()
+    for hook in hooks:
+        hook.remove()
+    proto = build_onnx(copy.deepcopy(model), int8_activations=True)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=2e-4, rtol=0)
+    hidden = config.backbone.hidden_size
+    shapes = [list(t.dims) for t in proto.graph.initializer]
+    floats = [list(t.dims) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    assert floats.count([hidden, config.embedding_dim]) == 1, "one float (hidden x embedding) matrix"
+    wide = config.head.dense_features[0]
+    assert not [shape for shape in shapes if wide in shape], "not the pair through the wide projection"
 
 
 def _short_and_long_paths(graph) -> tuple[list[str], list[list[str]]]:

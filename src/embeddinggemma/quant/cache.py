@@ -22,8 +22,9 @@ RUNTIME_SCHEMES = ("int8", "int4", "mixed", "int8-channel", "w8a8")  # int8-chan
 # bump when the conversion changes (2: tensors in DATA_FILE, no NaN guards; 3: graph built from fused
 # ops, the embedding table in TABLE_FILE; 4: attention as MatMul / Softmax, one query head at a time;
 # 5: a kv head's query heads stacked into one product, long texts' sliding layers banded; 6: banded
-# for w8a8 only; 7: q normed and rotated as score rows, w8a8's per-token scale as the product's A scale)
-CACHE_VERSION = 7
+# for w8a8 only; 7: q normed and rotated as score rows, w8a8's per-token scale as the product's A scale;
+# 8: w8a8's two projections of the pooled embedding as one float product, fp32 input)
+CACHE_VERSION = 8
 MODEL_FILE, DATA_FILE, MANIFEST_FILE = "model.onnx", "model.onnx.data", "manifest.json"
 TABLE_FILE = "token_table.bin"  # read row by row (token_table.py), never mapped
 CHECKED_FILES = ((MODEL_FILE, "sha256"), (DATA_FILE, "data_sha256"), (TABLE_FILE, "table_sha256"))
