@@ -531,7 +531,7 @@ class GraphBuilder:
         Rounding the mean of a text's tokens to int8 cost w8a8 a worst cosine to fp32 of 0.9923 against
         0.997 (real model, 48 passages). Dequantized 768 x 3072 and 3072 x 768 weights would read 19 MB
         a call (ONNX Runtime would also fuse DequantizeLinear + MatMul into `MatMulNBits`, which rounds
-        the input to int8 again); their product is 768 x 768, a quarter of the int8 pair's bytes."""
+        the input to int8 again); their product is 768 x 768, half the int8 pair's bytes."""
         weight = bias = None
         for dense in self.model.dense:
             layer = self._weight(dense).as_float()
