@@ -158,9 +158,10 @@ class Embedder:
         - `max_seq_length` lowers the 2048-token limit (longer inputs are truncated with a warning).
         - `quantize="w8a8" | "int8" | "int4" | "mixed" | "int8-channel"`: the CPU path, run by ONNX Runtime
           and converted once into a cache that is checked on every load (see `embeddinggemma.quant`).
-          "w8a8" (the fastest): int8 weights per channel, each product's input rounded to int8 per
-          token, integer GEMMs; the others round only the weights, to GGUF's Q8_0 / Q4_0 blocks (mixed:
-          int4 embeddings, feed-forward and projections, int8 attention) or to int8 per channel.
+          "w8a8" (the fastest): int8 weights per channel, each encoder product's input rounded to int8
+          per token, integer GEMMs (the pooled embedding's head in fp32); the others round only the
+          weights, to GGUF's Q8_0 / Q4_0 blocks (mixed: int4 embeddings, feed-forward and projections,
+          int8 attention) or to int8 per channel.
         - `tokenizer`: "tokenizers" (tokenizer.json, the reference), "sentencepiece" (tokenizer.model,
           same ids, ~300 MB less peak memory) or "auto" (sentencepiece with `quantize`, else tokenizers).
         - `engine`: "padded" (sorted, padded batches), "packed" (no padding: fused Triton kernels and
