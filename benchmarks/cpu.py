@@ -296,14 +296,12 @@ def main() -> None:
         for name, (_, docs_fn) in runners.items():
             settle()
             throughput[name].append(len(docs) / timed(docs_fn, docs)[0])
-    one_per_call: dict[str, list[float]] = {name: [] for name in runners}
     passage_seconds: dict[str, list[list[float]]] = {name: [] for name in runners}  # [pass][passage]
     for _ in range(args.one_per_call):
         for name, (_, docs_fn) in runners.items():
             settle()
-            seconds = [timed(docs_fn, [doc])[0] for doc in docs]
-            passage_seconds[name].append(seconds)
-            one_per_call[name].append(len(docs) / sum(seconds))
+            passage_seconds[name].append([timed(docs_fn, [doc])[0] for doc in docs])
+    one_per_call = {name: [len(docs) / sum(seconds) for seconds in passes] for name, passes in passage_seconds.items()}
 
     rss = {}
     if not args.skip_rss:
