@@ -16,8 +16,12 @@ sentence-transformers layout so both stacks load the same weights, then, in orde
 5. short queries (8-32 tokens): ours on all of them, sentence-transformers on a quarter;
 6. first-call times of a new process with cold and with warm kernel caches (subprocesses);
 7. tuned variants of the packed engine (attention kernel, token budget, fused or module path);
-8. the trainer's step (packed forward + backward + AdamW, bf16 autocast), GradCache on and off;
-9. a profile of the default path (top kernels), the compiled-layers variant, fp32 parity.
+8. the trainer's step (packed forward + backward + AdamW, bf16 autocast) as `Trainer.fit` runs it,
+   GradCache on and off, and the way before (padded to the budget, tokenising inside the step), with
+   a profile of one step and the places where the host waits for the GPU;
+9. a profile of the default path (top kernels), the GPU's idle time around the engine in a whole call,
+   each fused kernel's memory bandwidth, the compiled-layers variant, fp32 parity.
+The training steps need the `[train]` extra (pydantic) in the GPU machine's Python.
 `--smoke` runs the whole script on CPU with a 2-layer model of the real vocabulary (a check of the
 script, not a measurement). `--time-budget` skips the steps that would not finish in time.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import itertools
 import json
 import os
 import platform
@@ -38,6 +43,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -186,8 +192,12 @@ def profiled(fn: Callable[[], object], device: str, top: int = 25) -> dict:
     with profile(activities=activities) as prof:
         wall, _ = timed(fn, device)
     key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    # kernels only (names of aten ops also carry the time of the kernels they launch)
-    events = [e for e in prof.key_averages() if device != "cuda" or not e.key.startswith(("aten::", "cuda"))]
+    # kernels only: host-side events (aten ops, and the launch records compiled code gives each Triton
+    # kernel under the kernel's own name) also carry the device time of the kernels they launch
+    events = list(prof.key_averages())
+    if device == "cuda":
+        kernels_only = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        events = kernels_only or [e for e in events if not e.key.startswith(("aten::", "cuda"))]
     events.sort(key=lambda e: getattr(e, key, 0), reverse=True)
     total = sum(getattr(e, key, 0) for e in events) / 1e3
     kernels = [{"name": e.key[:100], "ms": getattr(e, key, 0) / 1e3, "calls": e.count} for e in events[:top]]
@@ -202,6 +212,43 @@ def profiled(fn: Callable[[], object], device: str, top: int = 25) -> dict:
         "device_busy": total / (wall * 1e3),
         "by_category_ms": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
         "top_kernels": kernels,
+    }
+
+
+def device_timeline(fn: Callable[[], object], device: str, parts: int = 10, kind=None) -> dict:
+    """When the device is idle while `fn` runs (kernels only are recorded: little host overhead): busy
+    fraction overall and per tenth of the run, and the longest idle gaps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if device != "cuda" and kind is None:
+        return {"skipped": "no CUDA"}
+    kind = kind or torch.autograd.DeviceType.CUDA
+    with profile(activities=[ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU]) as prof:
+        wall, _ = timed(fn, device)
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == kind)
+    if not spans:
+        return {"wall_ms": wall * 1e3, "kernels": 0}
+    start, end = spans[0][0], max(e for _, e in spans)
+    merged: list[list[float]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    gaps = sorted(((b[0] - a[1]) / 1e3, (a[1] - start) / (end - start)) for a, b in itertools.pairwise(merged))
+    width = (end - start) / parts
+    busy = [0.0] * parts
+    for a, b in merged:  # busy microseconds per tenth
+        for k in range(int((a - start) // width), min(parts - 1, int((b - start) // width)) + 1):
+            lo, hi = start + k * width, start + (k + 1) * width
+            busy[k] += max(0.0, min(b, hi) - max(a, lo))
+    return {
+        "wall_ms": wall * 1e3,
+        "device_span_ms": (end - start) / 1e3,
+        "busy": sum(b - a for a, b in merged) / (end - start),
+        "busy_per_tenth": [round(b / width, 3) for b in busy],
+        "longest_gaps_ms_at": [(round(g, 2), round(at, 3)) for g, at in gaps[-8:]],
+        "gaps_over_1ms_total_ms": sum(g for g, _ in gaps if g > 1.0),
     }
 
 
@@ -306,10 +353,14 @@ def train_speed(
     model_dir: Path, corpus: list[str], device: str, options: dict, rows: int, steps: int, profile: bool = False
 ) -> dict:
     """tokens/s of the trainer's own step (forward + backward + clip + AdamW) after `warmup` steps."""
+    from embeddinggemma.train import gradcache
     from embeddinggemma.train.losses import EmbeddingGemmaLoss, LossConfig
     from embeddinggemma.train.recipes import OptimConfig, TrainConfig
     from embeddinggemma.train.trainer import Trainer
 
+    # the way before (both False): micro-batches padded to the budget, each step tokenising its own batch
+    gradcache.DYNAMIC_TOKENS = not options.pop("padded_to_budget", False)
+    ahead = options.pop("prepare_ahead", True)
     model, info = load_checkpoint(model_dir, dtype=torch.float32, device=device)
     tokenizer = load_tokenizer(info.path, info.config.backbone, max_length=512)
     width = info.config.embedding_dim
@@ -323,17 +374,27 @@ def train_speed(
     batches = training_batches(corpus, rows, 2 + steps)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+
+    def run_steps(some: list) -> list[dict]:
+        if ahead:  # as `Trainer.fit` runs them: the next batch tokenised on a thread during each step
+            return [stats for _, stats in trainer.train_steps(some, len(some))]
+        return [trainer.train_step(b) for b in some]
+
     warm_start = time.perf_counter()
-    for batch in batches[:2]:  # compilation and autotuning
-        trainer.train_step(batch)
+    run_steps(batches[:2])  # compilation and autotuning
     _sync(device)
     warm = time.perf_counter() - warm_start
-    tokens, losses = 0, []
-    seconds, _ = timed(lambda: [losses.append(trainer.train_step(b)) for b in batches[2:]], device)
+    losses: list[dict] = []
+    seconds, _ = timed(lambda: losses.extend(run_steps(batches[2:])), device)
     tokens = sum(s["tokens"] for s in losses)
     result = {
         "packing": trainer.packing,
-        "options": {**options, "freeze_embeddings": freeze},
+        "options": {
+            **options,
+            "freeze_embeddings": freeze,
+            "padded_to_budget": not gradcache.DYNAMIC_TOKENS,
+            "prepare_ahead": ahead,
+        },
         "rows_per_batch": rows,
         "tokens_per_step": tokens / steps,
         "tokens_per_s": tokens / seconds,
@@ -343,9 +404,29 @@ def train_speed(
     }
     if device.startswith("cuda"):
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        try:  # a diagnostic: its failure must not cost the measurement above
+            result["host_syncs"] = host_syncs(lambda: trainer.train_step(batches[-1], trainer.prepare(batches[-1])))
+        except Exception as exc:
+            result["host_syncs"] = {"error": f"{type(exc).__name__}: {exc}"}
     if profile:
         result["profile"] = profiled(lambda: trainer.train_step(batches[-1]), device)
     return result
+
+
+def host_syncs(fn: Callable[[], object]) -> dict:
+    """Where `fn` makes the host wait for the GPU (CUDA's sync debug mode: a warning per synchronising
+    call, located at the Python line that made it). Each one leaves the GPU idle while the host then
+    launches the next kernels."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sites = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return {"count": sum(sites.values()), "sites": dict(sites.most_common())}
 
 
 # -- main ----------------------------------------------------------------------------------------------
@@ -537,6 +618,50 @@ def main() -> None:
             "engine_profile": prof,
         }
 
+    def kernels() -> dict:
+        """Memory bandwidth of each fused kernel on a full batch's shapes (65,536 tokens), and the GeGLU
+        kernel's column blocking before (2 x 1,024 columns for 1,152) and now."""
+        from embeddinggemma.engine import fused
+        from embeddinggemma.engine import kernels as K
+
+        if device != "cuda":
+            return {"skipped": "the Triton kernels run on CUDA"}
+        bb = config.backbone
+        n = 4096 if args.smoke else 65536
+        c, heads, kv, d, inter = (
+            bb.hidden_size,
+            bb.num_attention_heads,
+            bb.num_key_value_heads,
+            bb.head_dim,
+            bb.intermediate_size,
+        )
+        bf = dict(device=device, dtype=torch.bfloat16)
+        qkv = torch.randn(n, (heads + 2 * kv) * d, **bf)
+        branch, residual, w = torch.randn(n, c, **bf), torch.randn(n, c, **bf), torch.randn(c, **bf)
+        gate_up = torch.randn(n, 2 * inter, **bf)
+        positions = torch.randint(0, 512, (n,), device=device)
+        cos, sin = fused.rope_tables(bb.max_position_embeddings, d, bb.rope_theta, torch.bfloat16, torch.device(device))
+        qw, kw = torch.randn(d, **bf), torch.randn(d, **bf)
+        element = 2  # bytes
+        cases = {
+            # bytes read + written per call
+            "qk_norm_rope": (
+                lambda: K.qk_norm_rope(qkv, qw, kw, positions, cos, sin, heads, kv, 1e-6),
+                2 * qkv.numel() * element,
+            ),
+            "add_rmsnorm": (lambda: K.add_rmsnorm(branch, residual, w, w, 1e-6), 4 * branch.numel() * element),
+            "geglu": (lambda: K.geglu(gate_up), 1.5 * gate_up.numel() * element),
+            "geglu_before": (lambda: K.geglu(gate_up, block_cols=1024), 1.5 * gate_up.numel() * element),
+        }
+        out = {}
+        for name, (fn, nbytes) in cases.items():
+            for _ in range(3):
+                fn()
+            seconds, _ = timed(lambda f=fn: [f() for _ in range(20)], device)
+            out[name] = {"us": seconds / 20 * 1e6, "gb_per_s": nbytes * 20 / seconds / 1e9}
+        out["geglu_speedup"] = out["geglu_before"]["us"] / out["geglu"]["us"]
+        return out
+
     def tuned() -> dict:
         base = state["ours"]
         variants = {
@@ -598,6 +723,9 @@ def main() -> None:
     def corpus_breakdown() -> dict:
         return breakdown(state["ours"], [DOCUMENT_PROMPT + t for t in corpus], sum(state["lengths"]))
 
+    def end_to_end_timeline() -> dict:
+        return device_timeline(lambda: state["ours"].encode_document(corpus), device)
+
     def compiled_layers() -> dict:
         info = CheckpointInfo(
             path=state["model_dir"], config=config, prompts={"query": QUERY_PROMPT, "document": DOCUMENT_PROMPT}
@@ -633,9 +761,12 @@ def main() -> None:
     run.step("first_call", 40, first_calls)
     plain = dict(micro_batch_tokens=65536, gradient_cache=False)
     run.step("train_no_gradcache_64k", 30, training(plain, profile=True))
+    run.step("train_before_64k", 25, training(dict(plain, padded_to_budget=True, prepare_ahead=False)))
     run.step("train_gradcache_16k", 30, training(dict(micro_batch_tokens=16384, gradient_cache=True)))
     run.step("train_gradcache_64k", 20, training(dict(micro_batch_tokens=65536, gradient_cache=True)))
     run.step("corpus_breakdown", 10, corpus_breakdown)
+    run.step("end_to_end_timeline", 5, end_to_end_timeline)
+    run.step("kernels", 10, kernels)
     run.step("tuned", 30, tuned)
     run.step("train_frozen_table_64k", 15, training(dict(plain, freeze_embeddings=True)))
     run.step("compiled_layers", 40, compiled_layers)
@@ -668,6 +799,7 @@ def print_table(results: dict) -> None:
         ("short queries, sentence-transformers (tokens/s)", get("queries", "st_tokens_per_s"), ""),
         ("training, GradCache, 16k micro-batches (tokens/s)", get("train_gradcache_16k", "tokens_per_s"), ""),
         ("training, no GradCache, 64k (tokens/s)", get("train_no_gradcache_64k", "tokens_per_s"), ""),
+        ("  the same padded to 64k, tokenising in the step (tokens/s)", get("train_before_64k", "tokens_per_s"), ""),
         ("training, GradCache, 64k micro-batches (tokens/s)", get("train_gradcache_64k", "tokens_per_s"), ""),
         ("training, frozen table, 64k (tokens/s)", get("train_frozen_table_64k", "tokens_per_s"), ""),
     ]

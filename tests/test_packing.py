@@ -222,3 +222,49 @@ def test_stream_errors_surface_with_the_global_index(tiny):
         next(tiny.encode_stream("just one string"))
     with pytest.raises(ValueError, match="titles select the document prompt"):
         next(tiny.encode_stream(["a"], titles=["t"], task="query"))
+
+
+def test_layers_compiled_for_any_token_count_match_eager_without_recompiling(tiny_st_dir, tiny):
+    """The trainer's compiled varlen micro-batches are not padded to a fixed budget: one graph per
+    layer kind takes every token count, and values and gradients equal the eager modules'."""
+    from torch._dynamo.utils import counters
+
+    from embeddinggemma.checkpoint import load_checkpoint
+    from embeddinggemma.engine.forward import packed_forward
+
+    model = load_checkpoint(tiny_st_dir, dtype=torch.float32)[0].train().requires_grad_(True)
+    eager = load_checkpoint(tiny_st_dir, dtype=torch.float32)[0].train().requires_grad_(True)
+    token_ids = _token_ids(tiny)
+    torch._dynamo.reset()
+    counters.clear()
+    for texts in (token_ids, token_ids[2:], token_ids[:3] + token_ids[4:]):  # 3 token counts, 3 text counts
+        batch = pack(texts, multiple_of=1)
+        got = packed_forward(model, batch, attention="dense", compile=True, dynamic_tokens=True)
+        want = packed_forward(eager, batch, attention="dense")
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+        got.square().sum().backward()
+        want.square().sum().backward()
+    # compiled for static shapes, the second token count compiles a second graph
+    assert counters["stats"]["unique_graphs"] == 1, "a new token count compiled the layers again"
+    for (name, param), reference in zip(model.named_parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(param.grad, reference.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("asks_for_gqa", [True, False])
+def test_varlen_kernel_is_asked_to_share_kv_heads_where_it_must_be(monkeypatch, asks_for_gqa):
+    """PyTorch 2.13's varlen_attn refuses 3 query heads on 1 K/V head unless enable_gqa=True (2.11 has no
+    such argument): without it the GPU engine would fail its self-check and fall back to FlexAttention."""
+    from embeddinggemma.engine import varlen
+
+    calls = []
+    monkeypatch.setattr(varlen, "_KERNEL", lambda *args, **kwargs: calls.append(kwargs) or args[0])
+    monkeypatch.setattr(varlen, "_ASKS_FOR_GQA", asks_for_gqa)
+    q, kv = torch.zeros(5, 3, 8), torch.zeros(5, 1, 8)
+    cu = torch.tensor([0, 5], dtype=torch.int32)
+    varlen.varlen_attend_packed(q, kv, kv, 0.1, cu_seqlens=cu, max_seqlen=5, radius=2)
+    varlen.varlen_attend_packed(q, q, q, 0.1, cu_seqlens=cu, max_seqlen=5, radius=None)
+    if asks_for_gqa:
+        assert [c["enable_gqa"] for c in calls] == [True, False]
+    else:
+        assert all("enable_gqa" not in c for c in calls)
+    assert [c["window_size"] for c in calls] == [(2, 2), (-1, -1)]

@@ -50,7 +50,9 @@ Output = Literal["numpy", "torch"]
 
 # Texts tokenised per step when tokenisation overlaps the device's work (GPU engine).
 PIPELINE_CHUNK = 16384
-FIRST_PIPELINE_CHUNK = 512
+# The device waits for the first chunk's tokens, so it is small (128 texts, ~30k tokens); chunks then
+# double, each tokenised while the device embeds the one before.
+FIRST_PIPELINE_CHUNK = 128
 # Inputs of at least this many texts on a GPU tokenise in worker processes (`TokenizerProcesses`), when
 # the machine has the cores for it: one worker per core but three, which stay with the process that drives
 # the GPU (the launching thread, the packing thread, the thread that receives the workers' results).

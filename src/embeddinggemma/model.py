@@ -157,8 +157,9 @@ class Gemma3Encoder(nn.Module):
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
-        # HF multiplies by sqrt(hidden) cast to the activation dtype: 27.7128 becomes 27.75 in bf16.
-        return hidden * torch.tensor(self.config.embed_scale, dtype=hidden.dtype, device=hidden.device)
+        # HF multiplies by sqrt(hidden) cast to the activation dtype: 27.7128 becomes 27.75 in bf16. (Filled on
+        # the device: torch.tensor(..., device="cuda") copies from the host and waits for the GPU first.)
+        return hidden * torch.full((), self.config.embed_scale, dtype=hidden.dtype, device=hidden.device)
 
     def forward(
         self,

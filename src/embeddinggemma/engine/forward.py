@@ -72,18 +72,21 @@ def packed_forward(
     attention: str = "flex",
     path: str = "modules",
     compile: bool = False,
+    dynamic_tokens: bool = False,
 ) -> torch.Tensor:
     """Un-normalised embeddings (S, E) of a packed batch, in the caller's grad mode (the trainer
     back-propagates through the "modules" path).
 
     `compile` compiles each encoder layer (regional compilation: one graph shared by the 24 layers, so
     the first call compiles one layer, not the whole model); "fused" runs without compilation.
+    `dynamic_tokens` compiles them for any token count (`compiled_layers`), so batches need no padding
+    to a few fixed shapes.
     """
     if path == "fused":
         pooled = fused.mean_pool(fused.encode(model, batch, attention), batch)
     elif path == "modules":
         attend = packed_attention_fns(batch, model, attention)
-        encoder = compiled_layers(model) if compile else model.encoder
+        encoder = compiled_layers(model, dynamic_tokens=dynamic_tokens) if compile else model.encoder
         hidden = encoder(batch.input_ids, batch.position_ids, attend)[0]  # (N, C)
         counts = batch.token_counts()
         pooled = segment_mean_pool(
@@ -94,11 +97,18 @@ def packed_forward(
     return model.project(pooled, normalize=False)
 
 
-def compiled_layers(model: EmbeddingGemma) -> torch.nn.Module:
-    """The encoder with each layer compiled in place (once per model; idempotent)."""
+def compiled_layers(model: EmbeddingGemma, *, dynamic_tokens: bool = False) -> torch.nn.Module:
+    """The encoder with each layer compiled in place (once per model and mode).
+
+    `dynamic_tokens=False` specialises the graphs to each batch shape (callers pad to a few shapes);
+    True compiles them with symbolic sizes from the first call. Only the token count (and the number of
+    texts, the longest text) stays symbolic: the hidden and head sizes meet the weights' static shapes
+    and are specialised back to constants, so the kernels are those of a static graph without the
+    recompilation each new token count would otherwise cost (and the padding that avoids it).
+    """
     encoder = model.encoder
-    if not getattr(encoder, "_layers_compiled", False):
+    if getattr(encoder, "_layers_compiled", None) != dynamic_tokens:
         for layer in encoder.layers:
-            layer.compile()
-        encoder._layers_compiled = True
+            layer.compile(dynamic=True if dynamic_tokens else None)
+        encoder._layers_compiled = dynamic_tokens
     return encoder

@@ -337,11 +337,19 @@ def add_rmsnorm(
     return residual, normed
 
 
-def geglu(gate_up: torch.Tensor) -> torch.Tensor:
-    """Triton version of `geglu_reference`."""
+def _column_block(width: int, limit: int = 1024) -> int:
+    """Columns per program: the largest power of two up to `limit` that divides `width`, so no program
+    is mostly masked (EmbeddingGemma's 1,152 = 9 x 128 as 2 x 1,024 left half the programs idle
+    lanes), or the next power of two where `width` has no such divisor of at least 64."""
+    divisor = min(width & -width, limit)
+    return divisor if divisor >= 64 else min(limit, triton.next_power_of_2(width))
+
+
+def geglu(gate_up: torch.Tensor, block_cols: int | None = None) -> torch.Tensor:
+    """Triton version of `geglu_reference`. `block_cols`: columns per program (default `_column_block`)."""
     n, width = gate_up.shape
     out = gate_up.new_empty(n, width // 2)
-    block_cols = min(1024, triton.next_power_of_2(width // 2))
+    block_cols = block_cols or _column_block(width // 2)
     rows = _rows_per_program(block_cols)
     grid = (triton.cdiv(n, rows), triton.cdiv(width // 2, block_cols))
     _geglu_kernel[grid](gate_up, out, n, width // 2, block_rows=rows, block_cols=block_cols)

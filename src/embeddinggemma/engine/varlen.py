@@ -33,6 +33,9 @@ def _find_varlen_attn():
 # Resolved once at import: looking it up inside a compiled layer would make torch.compile trace
 # `inspect`/`importlib` (a graph break in every layer).
 _KERNEL = _find_varlen_attn()
+# PyTorch 2.13 shares K/V heads only when asked (`enable_gqa=True`) and refuses MQA otherwise; where the
+# argument is missing (2.11, the H100 benchmark's) MQA runs as it is.
+_ASKS_FOR_GQA = _KERNEL is not None and "enable_gqa" in inspect.signature(_KERNEL).parameters
 
 
 def unsupported_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
@@ -87,7 +90,10 @@ def varlen_attend_packed(
 ) -> torch.Tensor:
     """q (N, H, D), k/v (N, Hkv, D) of a packed stream -> (N, H, D)."""
     window = (-1, -1) if radius is None else (radius, radius)
-    return _KERNEL(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale, window_size=window)
+    shared_heads = {"enable_gqa": q.shape[1] != k.shape[1]} if _ASKS_FOR_GQA else {}
+    return _KERNEL(
+        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale, window_size=window, **shared_heads
+    )
 
 
 def _varlen_attend_model(q, k, v, scale, *, dtype: torch.dtype, **kwargs) -> torch.Tensor:

@@ -45,12 +45,18 @@ from embeddinggemma.tokenizer import TextTokenizer, TruncationWarning
 from embeddinggemma.train.distributed import DistributedContext
 
 PACKING_MODES = ("off", "dense", "flex", "varlen")
+# Compiled varlen micro-batches run graphs with a symbolic token count: padding every micro-batch to the
+# budget instead cost up to one budget of filler per step (13% on average in the H100 benchmark, where a
+# step's 58k tokens ran as 65,536). `benchmarks/gpu.py` also times the padded way (False).
+DYNAMIC_TOKENS = True
 
 __all__ = [
     "BatchLike",
+    "PreparedBatch",
     "batch_loss",
     "embed_micro_batch",
     "forward_backward",
+    "prepare_batch",
     "resolve_packing",
 ]
 
@@ -89,6 +95,15 @@ def resolve_packing(packing: str, device: torch.device, autocast_dtype: torch.dt
     return packing
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on `device` without stalling the host: on CUDA a plain ``.to()`` first waits for all
+    queued device work, so a step's small index and label tensors would leave the GPU idle while the host
+    launches the next kernels; from pinned memory the copy queues behind that work instead."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def embed_micro_batch(
     model: nn.Module,
     tokenizer: TextTokenizer,
@@ -101,17 +116,26 @@ def embed_micro_batch(
 
     ``packing="off"``: right-padded rows. ``"dense"`` / ``"flex"`` / ``"varlen"``: the texts concatenated
     into one sequence with per-text positions and block-diagonal (+ sliding band) attention, no padding
-    waste. On CUDA the layers are compiled and every micro-batch is padded to a multiple of ``budget``
-    tokens, so one graph (forward and backward) serves the whole run.
+    waste. On CUDA the layers are compiled, and one graph (forward and backward) serves the whole run:
+    with "varlen" it takes any token count (`DYNAMIC_TOKENS`; micro-batches are padded to the next 128
+    tokens only), with "flex" (whose block masks have static shapes) every micro-batch is padded to a
+    multiple of ``budget`` tokens.
     """
     device = next(model.parameters()).device
     if packing == "off":
         input_ids, attention_mask = pad_batch(token_ids, tokenizer.pad_id)
-        return padded_forward(model, input_ids.to(device), attention_mask.to(device), normalize=False)
+        return padded_forward(model, to_device(input_ids, device), to_device(attention_mask, device), normalize=False)
     compiled = packing in ("flex", "varlen") and device.type == "cuda"
-    multiple = (budget or BLOCK_SIZE) if compiled else BLOCK_SIZE if packing == "flex" else 1
-    batch = pack(token_ids, pad_id=tokenizer.pad_id, multiple_of=multiple).to(device)
-    return packed_forward(model, batch, attention=packing, compile=compiled)
+    dynamic = compiled and packing == "varlen" and DYNAMIC_TOKENS
+    if packing == "dense":
+        multiple = 1
+    elif compiled and not dynamic:
+        multiple = budget or BLOCK_SIZE
+    else:
+        multiple = BLOCK_SIZE
+    batch = pack(token_ids, pad_id=tokenizer.pad_id, multiple_of=multiple)
+    batch = batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch.to(device)
+    return packed_forward(model, batch, attention=packing, compile=compiled, dynamic_tokens=dynamic)
 
 
 @dataclass
@@ -155,7 +179,7 @@ def batch_loss(loss_fn: nn.Module, grid: Tensor, batch: BatchLike) -> dict[str, 
     teacher: Mapping[str, Tensor] = batch.teacher or {}
 
     def on_device(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.to(device)
+        return None if t is None else to_device(t, device)
 
     return loss_fn(
         grid[:, 0],
@@ -178,6 +202,21 @@ def _tokenize(tokenizer: TextTokenizer, texts: list[str]) -> list[list[int]]:
         return tokenizer.encode(texts, on_truncation="warn")
 
 
+@dataclass
+class PreparedBatch:
+    """The host work of a step that needs no model: this rank's texts, where each goes, their token ids."""
+
+    layout: _Layout
+    token_ids: list[list[int]]
+
+
+def prepare_batch(batch: BatchLike, tokenizer: TextTokenizer, ctx: DistributedContext) -> PreparedBatch:
+    """Tokenise this rank's share of `batch` (the trainer runs it one step ahead, on a host thread)."""
+    start, stop = ctx.row_range(len(batch.query_texts))
+    layout = _layout(batch.slice(start, stop) if ctx.distributed else batch)
+    return PreparedBatch(layout, _tokenize(tokenizer, layout.texts))
+
+
 def forward_backward(
     model: EmbeddingGemma | nn.Module,
     loss_fn: nn.Module,
@@ -189,6 +228,7 @@ def forward_backward(
     micro_batch_tokens: int = 16384,
     autocast_dtype: torch.dtype | None = None,
     packing: str = "off",
+    prepared: PreparedBatch | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Accumulate into ``.grad`` the gradient of the recipe loss on one GLOBAL batch.
 
@@ -202,15 +242,15 @@ def forward_backward(
         micro_batch_tokens: token budget of one forward (padded tokens when ``packing`` is "off").
         autocast_dtype: torch.bfloat16 for mixed precision (weights stay fp32), None for fp32.
         packing: "off", "dense", "flex" (see ``embed_micro_batch``) or "auto" (``resolve_packing``).
+        prepared: ``prepare_batch(batch, tokenizer, ctx)`` when the caller already ran it.
     """
     if micro_batch_tokens < 1:
         raise ValueError(f"micro_batch_tokens must be positive, got {micro_batch_tokens}")
     ctx = ctx or DistributedContext(device=next(model.parameters()).device)
     packing = resolve_packing(packing, ctx.device, autocast_dtype)
     start, stop = ctx.row_range(len(batch.query_texts))
-    local = batch.slice(start, stop) if ctx.distributed else batch
-    layout = _layout(local)
-    token_ids = _tokenize(tokenizer, layout.texts)
+    prepared = prepared or prepare_batch(batch, tokenizer, ctx)
+    layout, token_ids = prepared.layout, prepared.token_ids
     # longest first: each padded micro-batch pads to its first text, and out-of-memory shows at once
     chunks = token_budget_batches([len(t) for t in token_ids], micro_batch_tokens, pad_to_longest=packing == "off")
     device = ctx.device
@@ -227,15 +267,16 @@ def forward_backward(
     with torch.set_grad_enabled(not gradient_cache):
         sorted_embeddings = torch.cat([embed(chunk) for chunk in chunks])  # (N, E), rows in `order`
     width = sorted_embeddings.shape[-1]
-    h = local.hard_negative_mask.shape[1]
+    h = batch.hard_negative_mask.shape[1]
     grid = torch.zeros(stop - start, 2 + h, width, device=device)  # (b, 2 + H, E); padding negatives stay 0
-    grid[layout.rows[order].to(device), layout.slots[order].to(device)] = sorted_embeddings.detach()
+    rows, slots = to_device(layout.rows[order], device), to_device(layout.slots[order], device)
+    grid[rows, slots] = sorted_embeddings.detach()
 
     global_grid = ctx.all_gather_rows(grid).requires_grad_(True)  # (B, 2 + H, E)
     terms = batch_loss(loss_fn, global_grid, batch)
     terms["loss"].backward()  # d loss / d embeddings (and the loss module's own parameters)
     grads = global_grid.grad[start:stop] if ctx.distributed else global_grid.grad
-    sorted_grads = grads[layout.rows[order].to(device), layout.slots[order].to(device)]  # (N, E)
+    sorted_grads = grads[rows, slots]  # (N, E)
 
     if gradient_cache:
         offset = 0

@@ -22,7 +22,8 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from embeddinggemma.prompts import PromptTable
 from embeddinggemma.tokenizer import TextTokenizer, load_tokenizer
 from embeddinggemma.train.data import load_dataset
 from embeddinggemma.train.distributed import DistributedContext, init_distributed
-from embeddinggemma.train.gradcache import forward_backward, resolve_packing
+from embeddinggemma.train.gradcache import forward_backward, prepare_batch, resolve_packing
 from embeddinggemma.train.loader import MixtureLoader
 from embeddinggemma.train.losses import EmbeddingGemmaLoss
 from embeddinggemma.train.recipes import DataConfig, EvalConfig, OptimConfig, Recipe, TrainConfig, recipe_to_dict
@@ -163,14 +164,16 @@ class Trainer:
         self.eval_tasks = _expand_tasks(self.eval_cfg.tasks)
         self._window: dict[str, list[float]] = {}
         self._window_start = time.perf_counter()
+        self._loader_state: dict[str, Any] | None = None  # the loader's state after the last trained batch
 
     # -- one step ----------------------------------------------------------------------------------
 
-    def train_step(self, batch: Any) -> dict[str, float]:
-        """One optimizer step on one global batch; returns the scalar terms and statistics."""
+    def train_step(self, batch: Any, prepared: Any = None) -> dict[str, float]:
+        """One optimizer step on one global batch; returns the scalar terms and statistics. `prepared`:
+        `self.prepare(batch)` when it already ran (`train_steps` runs it a step ahead)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        terms, stats = self.forward_backward(batch)
+        terms, stats = self.forward_backward(batch, prepared)
         loss = float(terms["loss"])
         if not math.isfinite(loss):
             raise FloatingPointError(
@@ -192,7 +195,38 @@ class Trainer:
         out["texts"] = self.ctx.sum_scalar(stats["texts"])
         return out
 
-    def forward_backward(self, batch: Any) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def train_steps(self, batches: Iterable[Any], count: int) -> Iterator[tuple[Any, dict[str, float]]]:
+        """`train_step` on the next `count` batches, yielding (batch, its statistics). Each next batch is
+        drawn and prepared (tokenised) on a host thread while the device runs the step before it, so the
+        device does not wait for the host between steps. The loader is drawn from one batch ahead, so its
+        state after each trained batch is kept for `save_checkpoint`."""
+        iterator, last = iter(batches), self.step + count
+        has_state = hasattr(self.loader, "state_dict")
+
+        def draw() -> tuple[Any, Any, dict[str, Any] | None] | None:
+            batch = next(iterator, None)
+            if batch is None:
+                return None
+            return batch, self.prepare(batch), self.loader.state_dict() if has_state else None
+
+        with ThreadPoolExecutor(1, thread_name_prefix="embeddinggemma-next-batch") as pool:
+            pending = pool.submit(draw) if count > 0 else None
+            for done in range(1, count + 1):
+                drawn = pending.result()
+                if drawn is None:
+                    raise ValueError(f"the data loader ran out after {self.step} steps of {last}")
+                pending = pool.submit(draw) if done < count else None
+                batch, prepared, loader_state = drawn
+                stats = self.train_step(batch, prepared)
+                self._loader_state = loader_state
+                yield batch, stats
+
+    def prepare(self, batch: Any) -> Any:
+        """The host work of a step that needs neither the model nor the device (tokenising this rank's
+        texts); `train_steps` runs it a step ahead on a thread. Other objectives return None."""
+        return prepare_batch(batch, self.tokenizer, self.ctx)
+
+    def forward_backward(self, batch: Any, prepared: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Loss terms (scalars; "loss" is what was back-propagated) and token/text counts of this rank's
         share of `batch`, with the gradients accumulated into the parameters. Other objectives (the
         UL2 adaptation, `train.ul2`) override this; the rest of the step is shared."""
@@ -206,6 +240,7 @@ class Trainer:
             micro_batch_tokens=self.train_cfg.micro_batch_tokens,
             autocast_dtype=self.autocast,
             packing=self.packing,
+            prepared=prepared,
         )
 
     def save_model(self, directory: Path) -> None:
@@ -232,14 +267,9 @@ class Trainer:
         if latest is not None:
             self.load(latest)
         self._start_log(resumed=latest is not None)
-        iterator = iter(self.loader)
         total = self.train_cfg.steps
-        while self.step < total:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                raise ValueError(f"the data loader ran out after {self.step} steps of {total}") from None
-            self._record(self.train_step(batch), batch.dataset)
+        for batch, stats in self.train_steps(self.loader, total - self.step):
+            self._record(stats, batch.dataset)
             if self.step % self.train_cfg.log_every == 0 or self.step == total:
                 self._flush_log()
             if self.train_cfg.save_every and self.step % self.train_cfg.save_every == 0 and self.step < total:
@@ -255,6 +285,7 @@ class Trainer:
             self.save_model(final)
             logger.info("final model written to %s", final)
         self.save_checkpoint()
+        self._loader_state = None
         return final
 
     # -- logging -----------------------------------------------------------------------------------
@@ -370,7 +401,7 @@ class Trainer:
                 # The schedule's shape comes from the recipe (so a run can be extended); only the position is saved.
                 "scheduler": self.scheduler.state_dict() | {"lr_lambdas": [None] * len(self.optimizer.param_groups)},
                 "loss_fn": self.loss_fn.state_dict(),
-                "loader": self.loader.state_dict(),
+                "loader": self._loader_state if self._loader_state is not None else self.loader.state_dict(),
             }
             torch.save(state, tmp / STATE_FILE)
         self.ctx.barrier()

@@ -193,7 +193,12 @@ class UL2Trainer(Trainer):
         self.record: dict[str, Any] = {}
         self.vocabulary: torch.Tensor | None = None  # data.corpus_vocabulary
 
-    def forward_backward(self, batch: UL2Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def prepare(self, batch: UL2Batch) -> None:
+        return None  # UL2 batches arrive tokenised
+
+    def forward_backward(
+        self, batch: UL2Batch, prepared: None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         local = batch.to(self.ctx.device)
         targets = self.ctx.sum_scalar(float(local.num_targets))
         device = self.ctx.device.type
