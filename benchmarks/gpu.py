@@ -482,6 +482,13 @@ def main() -> None:
         )
         config = EmbeddingGemmaConfig(backbone=backbone, head=HeadConfig(dense_features=(128, 64)))
     run = Run(args.out, args.time_budget, args.only)
+    try:  # said at once, not after the inference steps: the training steps need the [train] extra
+        import embeddinggemma.train.recipes  # noqa: F401
+
+        training_missing = None
+    except ImportError as exc:
+        training_missing = str(exc)
+        print(f"training steps will be skipped: {exc}", flush=True)
     run.results.update(
         date=time.strftime("%Y-%m-%d"),
         device=torch.cuda.get_device_name() if device == "cuda" else f"cpu (smoke): {platform.processor()}",
@@ -711,6 +718,8 @@ def main() -> None:
         job = dict(options=options, rows=args.train_rows, steps=args.train_steps, profile=profile, smoke=args.smoke)
 
         def measure() -> dict:
+            if training_missing:
+                return {"skipped": training_missing}
             command = [sys.executable, __file__, "--train-job", json.dumps(job), "--device", device]
             command += ["--checkpoint-files", str(state["model_dir"]), "--corpus", str(args.corpus)]
             done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=_child_env())
