@@ -215,17 +215,17 @@ def profiled(fn: Callable[[], object], device: str, top: int = 25) -> dict:
     }
 
 
-def device_timeline(fn: Callable[[], object], device: str, parts: int = 10, kind=None) -> dict:
+def device_timeline(fn: Callable[[], object], device: str, parts: int = 10) -> dict:
     """When the device is idle while `fn` runs (kernels only are recorded: little host overhead): busy
     fraction overall and per tenth of the run, and the longest idle gaps."""
     from torch.profiler import ProfilerActivity, profile
 
-    if device != "cuda" and kind is None:
+    if device != "cuda":
         return {"skipped": "no CUDA"}
-    kind = kind or torch.autograd.DeviceType.CUDA
-    with profile(activities=[ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         wall, _ = timed(fn, device)
-    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == kind)
+    cuda = torch.autograd.DeviceType.CUDA
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == cuda)
     if not spans:
         return {"wall_ms": wall * 1e3, "kernels": 0}
     start, end = spans[0][0], max(e for _, e in spans)

@@ -50,8 +50,10 @@ Output = Literal["numpy", "torch"]
 
 # Texts tokenised per step when tokenisation overlaps the device's work (GPU engine).
 PIPELINE_CHUNK = 16384
-# The device waits for the first chunk's tokens, so it is small (128 texts, ~30k tokens); chunks then
-# double, each tokenised while the device embeds the one before.
+# Inputs of more texts than this tokenise chunk by chunk while the device works (smaller ones in one go).
+PIPELINE_MIN_TEXTS = 512
+# The device waits for the first chunk's tokens, so it is small (128 texts); chunks then double, each
+# tokenised while the device embeds the one before.
 FIRST_PIPELINE_CHUNK = 128
 # Inputs of at least this many texts on a GPU tokenise in worker processes (`TokenizerProcesses`), when
 # the machine has the cores for it: one worker per core but three, which stay with the process that drives
@@ -404,7 +406,7 @@ class Embedder:
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if len(texts) > FIRST_PIPELINE_CHUNK and getattr(self.runner, "pipelined", False):
+        if len(texts) > PIPELINE_MIN_TEXTS and getattr(self.runner, "pipelined", False):
             embeddings = self._embed_pipelined(texts, show_progress=show_progress, on_truncation=on_truncation)
         elif texts:
             token_ids = self.tokenizer.encode(texts, on_truncation=on_truncation)

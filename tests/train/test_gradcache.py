@@ -131,3 +131,18 @@ def test_bad_hard_negative_mask_is_refused(tiny_st_dir):
     batch.hard_negative_mask[0] = torch.tensor([False, True])
     with pytest.raises(ValueError, match="row 0"):
         forward_backward(model, loss_fn, batch, tokenizer)
+
+
+def test_packed_micro_batches_pad_only_where_a_kernel_needs_it(monkeypatch):
+    """On CUDA varlen micro-batches run layers compiled for any token count, so they are padded to the
+    next 128-token block, not to the budget (58k tokens used to run as 65,536); flex's static block
+    masks still need the budget; dense packing never pads."""
+    from embeddinggemma.train import gradcache
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert gradcache.packed_layout("varlen", cuda, 65536) == (True, True, 128)
+    assert gradcache.packed_layout("flex", cuda, 16384) == (True, False, 16384)
+    assert gradcache.packed_layout("flex", cpu, 16384) == (False, False, 128)
+    assert gradcache.packed_layout("dense", cpu, 16384) == (False, False, 1)
+    monkeypatch.setattr(gradcache, "DYNAMIC_TOKENS", False)  # the way before, as benchmarks/gpu.py times it
+    assert gradcache.packed_layout("varlen", cuda, 65536) == (True, False, 65536)

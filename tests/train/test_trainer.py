@@ -203,34 +203,26 @@ def test_batch_that_does_not_split_over_ranks_is_refused():
 
 def test_the_next_batch_is_tokenised_while_a_step_runs(tiny_st_dir, tmp_path):
     """`fit` draws and tokenises batch k + 1 on a host thread during step k (the GPU then never waits for
-    the host between steps), and trains on exactly the tokens a step would have made itself."""
+    the host between steps): no step tokenises on the main thread."""
     import threading
-
-    from embeddinggemma.train.gradcache import prepare_batch
 
     batches = [synthetic_batch(4, hard_negatives=1, seed=seed) for seed in range(3)]
     trainer = _trainer(tiny_st_dir, tmp_path, ListLoader(batches), steps=3)
-    prepared_second = threading.Event()
-    events = []
-    prepare, step = trainer.prepare, trainer.train_step
-    index = lambda batch: next(i for i, b in enumerate(batches) if b is batch)  # noqa: E731
+    second_tokenised = threading.Event()
+    tokenised_on = []
+    encode_counted, step = trainer.tokenizer.encode_counted, trainer.train_step
 
-    def recording_prepare(batch):
-        out = prepare(batch)
-        assert out.token_ids == prepare_batch(batch, trainer.tokenizer, trainer.ctx).token_ids
-        events.append(("prepared", index(batch), threading.current_thread() is threading.main_thread()))
-        if batch is batches[1]:
-            prepared_second.set()
-        return out
+    def recording_encode(texts, **kwargs):
+        tokenised_on.append(threading.current_thread() is threading.main_thread())
+        if len(tokenised_on) == 2:
+            second_tokenised.set()
+        return encode_counted(texts, **kwargs)
 
     def recording_step(batch, prepared=None):
-        assert prepared is not None, "the step tokenised its own batch"
         if batch is batches[0]:
-            assert prepared_second.wait(30), "batch 2 was not prepared while step 1 ran"
-        events.append(("stepped", index(batch)))
+            assert second_tokenised.wait(30), "batch 2 was not tokenised while step 1 ran"
         return step(batch, prepared)
 
-    trainer.prepare, trainer.train_step = recording_prepare, recording_step
+    trainer.tokenizer.encode_counted, trainer.train_step = recording_encode, recording_step
     trainer.fit()
-    assert [e for e in events if e[0] == "stepped"] == [("stepped", 0), ("stepped", 1), ("stepped", 2)]
-    assert not any(e[2] for e in events if e[0] == "prepared"), "prepared on the main thread"
+    assert tokenised_on == [False, False, False], "a batch was tokenised on the main thread"

@@ -98,7 +98,8 @@ def packed_forward(
 
 
 def compiled_layers(model: EmbeddingGemma, *, dynamic_tokens: bool = False) -> torch.nn.Module:
-    """The encoder with each layer compiled in place (once per model and mode).
+    """The encoder with each layer compiled in place, once per model (asking for the other mode compiles
+    the layers again: training uses dynamic_tokens=True, the compiled inference engine False).
 
     `dynamic_tokens=False` specialises the graphs to each batch shape (callers pad to a few shapes);
     True compiles them with symbolic sizes from the first call. Only the token count (and the number of

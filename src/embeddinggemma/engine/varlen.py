@@ -3,8 +3,9 @@
 `torch.nn.attention.varlen.varlen_attn` (PyTorch >= 2.10, CUDA) runs FlashAttention-2 over a packed
 stream given `cu_seqlens`; its `window_size=(r, r)` is exactly the bidirectional band |i - j| <= r of
 the sliding layers, and it has a backward (training). FlashAttention takes bf16 only, head_dim <= 256
-(EmbeddingGemma: 256) and shares K/V heads across query heads natively (MQA). Where it is missing
-(CPU, fp32, an older PyTorch) the engine uses FlexAttention instead (`supported` says which).
+(EmbeddingGemma: 256) and shares K/V heads across query heads without copies (MQA; PyTorch 2.13 wants
+`enable_gqa=True` for it). Where it is missing (CPU, fp32, an older PyTorch) the engine uses
+FlexAttention instead (`unsupported_reason` says why).
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ on CUDA, compiled layer by layer).
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,7 +40,7 @@ from embeddinggemma.engine.batching import pack, pad_batch, token_budget_batches
 from embeddinggemma.engine.flex import BLOCK_SIZE
 from embeddinggemma.engine.forward import packed_forward, padded_forward
 from embeddinggemma.model import EmbeddingGemma
-from embeddinggemma.tokenizer import TextTokenizer, TruncationWarning
+from embeddinggemma.tokenizer import TextTokenizer
 from embeddinggemma.train.distributed import DistributedContext
 
 PACKING_MODES = ("off", "dense", "flex", "varlen")
@@ -125,17 +124,21 @@ def embed_micro_batch(
     if packing == "off":
         input_ids, attention_mask = pad_batch(token_ids, tokenizer.pad_id)
         return padded_forward(model, to_device(input_ids, device), to_device(attention_mask, device), normalize=False)
-    compiled = packing in ("flex", "varlen") and device.type == "cuda"
-    dynamic = compiled and packing == "varlen" and DYNAMIC_TOKENS
-    if packing == "dense":
-        multiple = 1
-    elif compiled and not dynamic:
-        multiple = budget or BLOCK_SIZE
-    else:
-        multiple = BLOCK_SIZE
+    compiled, dynamic, multiple = packed_layout(packing, device, budget)
     batch = pack(token_ids, pad_id=tokenizer.pad_id, multiple_of=multiple)
     batch = batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch.to(device)
     return packed_forward(model, batch, attention=packing, compile=compiled, dynamic_tokens=dynamic)
+
+
+def packed_layout(packing: str, device: torch.device, budget: int | None) -> tuple[bool, bool, int]:
+    """(compiled, compiled for any token count, pad the token count to a multiple of) for a packed
+    micro-batch: compiled on CUDA; varlen with a symbolic token count (`DYNAMIC_TOKENS`), so only to the
+    next 128-token block; flex's static block masks to a multiple of the budget; dense not at all."""
+    compiled = packing in ("flex", "varlen") and device.type == "cuda"
+    dynamic = compiled and packing == "varlen" and DYNAMIC_TOKENS
+    if packing == "dense":
+        return compiled, dynamic, 1
+    return compiled, dynamic, (budget or BLOCK_SIZE) if compiled and not dynamic else BLOCK_SIZE
 
 
 @dataclass
@@ -195,13 +198,6 @@ def batch_loss(loss_fn: nn.Module, grid: Tensor, batch: BatchLike) -> dict[str, 
     )
 
 
-def _tokenize(tokenizer: TextTokenizer, texts: list[str]) -> list[list[int]]:
-    # Training truncates to max_seq_length on purpose; a warning per step would drown the log.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)
-        return tokenizer.encode(texts, on_truncation="warn")
-
-
 @dataclass
 class PreparedBatch:
     """The host work of a step that needs no model: this rank's texts, where each goes, their token ids."""
@@ -214,7 +210,9 @@ def prepare_batch(batch: BatchLike, tokenizer: TextTokenizer, ctx: DistributedCo
     """Tokenise this rank's share of `batch` (the trainer runs it one step ahead, on a host thread)."""
     start, stop = ctx.row_range(len(batch.query_texts))
     layout = _layout(batch.slice(start, stop) if ctx.distributed else batch)
-    return PreparedBatch(layout, _tokenize(tokenizer, layout.texts))
+    # Training truncates to max_seq_length on purpose, so no truncation report (a warning per step would
+    # drown the log; and silencing warnings is not thread-safe, while this runs on a worker thread).
+    return PreparedBatch(layout, tokenizer.encode_counted(layout.texts)[0])
 
 
 def forward_backward(

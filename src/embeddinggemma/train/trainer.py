@@ -22,7 +22,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,27 +195,30 @@ class Trainer:
         out["texts"] = self.ctx.sum_scalar(stats["texts"])
         return out
 
-    def train_steps(self, batches: Iterable[Any], count: int) -> Iterator[tuple[Any, dict[str, float]]]:
+    def train_steps(
+        self, batches: Iterable[Any], count: int, *, saves_after: Callable[[int], bool] = lambda step: False
+    ) -> Iterator[tuple[Any, dict[str, float]]]:
         """`train_step` on the next `count` batches, yielding (batch, its statistics). Each next batch is
         drawn and prepared (tokenised) on a host thread while the device runs the step before it, so the
-        device does not wait for the host between steps. The loader is drawn from one batch ahead, so its
-        state after each trained batch is kept for `save_checkpoint`."""
-        iterator, last = iter(batches), self.step + count
+        device does not wait for the host between steps. The loader is then one batch ahead: its state
+        after the batches of the steps for which `saves_after(step)` holds is kept for `save_checkpoint`."""
+        iterator, first, last = iter(batches), self.step + 1, self.step + count
         has_state = hasattr(self.loader, "state_dict")
 
-        def draw() -> tuple[Any, Any, dict[str, Any] | None] | None:
+        def draw(step: int) -> tuple[Any, Any, dict[str, Any] | None] | None:
             batch = next(iterator, None)
             if batch is None:
                 return None
-            return batch, self.prepare(batch), self.loader.state_dict() if has_state else None
+            state = self.loader.state_dict() if has_state and saves_after(step) else None
+            return batch, self.prepare(batch), state
 
         with ThreadPoolExecutor(1, thread_name_prefix="embeddinggemma-next-batch") as pool:
-            pending = pool.submit(draw) if count > 0 else None
-            for done in range(1, count + 1):
+            pending = pool.submit(draw, first) if count > 0 else None
+            for step in range(first, last + 1):
                 drawn = pending.result()
                 if drawn is None:
                     raise ValueError(f"the data loader ran out after {self.step} steps of {last}")
-                pending = pool.submit(draw) if done < count else None
+                pending = pool.submit(draw, step + 1) if step < last else None
                 batch, prepared, loader_state = drawn
                 stats = self.train_step(batch, prepared)
                 self._loader_state = loader_state
@@ -228,8 +231,9 @@ class Trainer:
 
     def forward_backward(self, batch: Any, prepared: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Loss terms (scalars; "loss" is what was back-propagated) and token/text counts of this rank's
-        share of `batch`, with the gradients accumulated into the parameters. Other objectives (the
-        UL2 adaptation, `train.ul2`) override this; the rest of the step is shared."""
+        share of `batch`, with the gradients accumulated into the parameters; `prepared` is what `prepare`
+        returned for it. Other objectives (the UL2 adaptation, `train.ul2`) override both; the rest of the
+        step is shared."""
         return forward_backward(
             self.model,
             self.loss_fn,
@@ -267,8 +271,9 @@ class Trainer:
         if latest is not None:
             self.load(latest)
         self._start_log(resumed=latest is not None)
-        total = self.train_cfg.steps
-        for batch, stats in self.train_steps(self.loader, total - self.step):
+        total, every = self.train_cfg.steps, self.train_cfg.save_every
+        saves_after = lambda step: step == total or bool(every and step % every == 0)  # noqa: E731
+        for batch, stats in self.train_steps(self.loader, total - self.step, saves_after=saves_after):
             self._record(stats, batch.dataset)
             if self.step % self.train_cfg.log_every == 0 or self.step == total:
                 self._flush_log()
@@ -444,6 +449,7 @@ class Trainer:
         )
         self.loss_fn.load_state_dict(state["loss_fn"])
         self.loader.load_state_dict(state["loader"])
+        self._loader_state = None
         rng_file = directory / f"rng-rank{self.ctx.rank}.pt"
         if rng_file.exists():
             _set_rng_state(torch.load(rng_file, weights_only=True))
