@@ -164,7 +164,7 @@ class Trainer:
         self.eval_tasks = _expand_tasks(self.eval_cfg.tasks)
         self._window: dict[str, list[float]] = {}
         self._window_start = time.perf_counter()
-        self._loader_state: dict[str, Any] | None = None  # the loader's state after the last trained batch
+        self._loader_state: dict[str, Any] | None = None  # the loader's state after the batch a save is due for
 
     # -- one step ----------------------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class Trainer:
             self._record(stats, batch.dataset)
             if self.step % self.train_cfg.log_every == 0 or self.step == total:
                 self._flush_log()
-            if self.train_cfg.save_every and self.step % self.train_cfg.save_every == 0 and self.step < total:
+            if saves_after(self.step) and self.step < total:  # the last step's save follows the loop
                 self.save_checkpoint()
             if self.eval_tasks and self.eval_cfg.every and self.step % self.eval_cfg.every == 0:
                 self.evaluate()
