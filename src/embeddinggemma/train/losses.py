@@ -167,9 +167,10 @@ def contrastive_loss(
         keep_p &= query_ids[cols, None] != query_ids[None, :]
     if positive_ids is not None:
         keep_p &= positive_ids[cols, None] != positive_ids[None, :]
-    negatives_p = keep_p.clone()
-    negatives_p[rows, cols] = False  # in-batch negatives proper (for diagnostics)
-    keep_p[rows, cols] = denominator == "infonce"
+    # each row's own positive, as a mask (assigning a Python bool by index made the host wait on the GPU)
+    own = cols[:, None] == torch.arange(n, device=q.device)[None, :]
+    negatives_p = keep_p & ~own  # in-batch negatives proper (for diagnostics)
+    keep_p = keep_p | own if denominator == "infonce" else negatives_p
     logits = [(sim_p / temperature).masked_fill(~keep_p, -math.inf)]
 
     sim_n = keep_n = None
