@@ -176,7 +176,8 @@ class Trainer:
         terms, stats = self.forward_backward(batch, prepared)
         # every scalar term in one copy to the host: a float() each made ~40 waits on the GPU a step
         scalar_names = [k for k, v in terms.items() if v.numel() == 1]
-        values = torch.stack([terms[k].detach().reshape(()).float() for k in scalar_names]).tolist()
+        device = terms["loss"].device  # (a trainer may keep some terms on the CPU: UL2's are)
+        values = torch.stack([terms[k].detach().reshape(()).to(device, torch.float32) for k in scalar_names]).tolist()
         out = dict(zip(scalar_names, values, strict=True))
         loss = out["loss"]
         if not math.isfinite(loss):
